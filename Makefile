@@ -1,0 +1,43 @@
+# Encore: two commands on a fresh machine.
+#   make demo   set up .venv and run the main job end to end on a generated sample world
+#   make test   set up .venv and run the test suite (what .ci/run calls)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_WORLD ?= .encore/sample-world
+DEMO_ARGS ?= --users 100 --tracks 3000 --days 90 --clips 500
+PIP := $(BIN)/pip --disable-pip-version-check -q
+# pip on this machine can print one harmless line per package about an absent local index.
+QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+
+.PHONY: demo test venv bench lint clean
+
+venv: $(STAMP)
+
+# torch first, pinned: any other torch request pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	set -o pipefail; $(PIP) install --upgrade pip $(QUIET_PIP)
+	set -o pipefail; $(PIP) install torch==2.13.0 $(QUIET_PIP)
+	set -o pipefail; $(PIP) install -c constraints.txt -e '.[dev]' $(QUIET_PIP)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/encore sample-data --out $(DEMO_WORLD) $(DEMO_ARGS)
+	$(BIN)/encore ingest --listens $(DEMO_WORLD)/userid-timestamp-artid-artname-traid-traname.tsv \
+	    --profiles $(DEMO_WORLD)/userid-profile.tsv --catalog $(DEMO_WORLD)/catalog.jsonl
+	$(BIN)/encore summary
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf .encore .pytest_cache

@@ -1,0 +1,235 @@
+"""The ``encore`` command line: parse, build the config, call a stage, map errors to exit codes.
+
+Heavy imports (Spark, numpy) happen inside the commands, so ``encore --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from encore import __version__
+from encore.core.config import ConfigError, EncoreConfig, dump_yaml, load_config
+from encore.core.workspace import WorkspaceBusy
+
+log = logging.getLogger("encore")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("py4j", "pyspark"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _config(ctx: click.Context) -> EncoreConfig:
+    try:
+        return load_config(ctx.obj["config_path"], ctx.obj["home"])
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="encore")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="ENCORE_CONFIG",
+              help="Profile file (YAML). Default: none, i.e. the embedded 'local' profile. Env: ENCORE_CONFIG.")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="ENCORE_HOME",
+              help="Workspace folder holding the lake, Feast, MLflow, reports. Default ./.encore. Env: ENCORE_HOME.")
+@click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, home: Path | None, verbose: int, quiet: bool) -> None:
+    """Encore: music listening logs -> feature store -> nightly LLM-ranked recommendations.
+
+    \b
+    Data flows one way:
+      raw LastFM-1K files --ingest--> bronze lake --features--> Feast --> training --> MLflow registry
+                                                                         --> nightly scoring
+    With no --config everything runs embedded on this machine (Spark local[*], local Ray, Feast on
+    DuckDB+SQLite, MLflow on SQLite) under --home. A profile file (see profiles/cluster.yaml)
+    points each engine at a cluster instead.
+    """
+    _setup_logging(-1 if quiet else verbose)
+    ctx.obj = {"config_path": config_path, "home": home}
+
+
+# --------------------------------------------------------------------------- config
+@cli.group()
+def config() -> None:
+    """Inspect the effective configuration."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Print the effective config: defaults, profile file and overrides merged, paths resolved."""
+    cfg = _config(ctx)
+    click.echo(json.dumps(cfg.effective(), indent=2) if as_json else dump_yaml(cfg))
+
+
+# --------------------------------------------------------------------------- sample data
+class _Clips(click.ParamType):
+    name = "all|none|N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if isinstance(value, int) or value is None:
+            return value
+        v = str(value).strip().lower()
+        if v == "all":
+            return None
+        if v == "none":
+            return 0
+        try:
+            n = int(v)
+        except ValueError:
+            self.fail(f"{value!r} is not 'all', 'none' or a number of tracks", param, ctx)
+        if n < 0:
+            self.fail("must be >= 0", param, ctx)
+        return n
+
+
+@cli.command("sample-data")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the world into (created if missing).")
+@click.option("--users", default=50, show_default=True, type=click.IntRange(min=1), help="Number of users.")
+@click.option("--tracks", default=2000, show_default=True, type=click.IntRange(min=12), help="Catalog size.")
+@click.option("--days", default=60, show_default=True, type=click.IntRange(min=1), help="Days of listening.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same bytes.")
+@click.option("--end", "end", default="2009-05-04", show_default=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="Last simulated day (UTC).")
+@click.option("--clips", default="all", show_default=True, type=_Clips(),
+              help="Audio clips for all tracks, none, or N random tracks (each clip ~66 KB).")
+@click.option("--clip-seconds", default=3.0, show_default=True, type=click.FloatRange(0.5, 30),
+              help="Length of each audio clip.")
+def sample_data(out: Path, users: int, tracks: int, days: int, seed: int, end: Any, clips: int | None,
+                clip_seconds: float) -> None:
+    """Generate a deterministic music world in the exact LastFM-1K formats.
+
+    \b
+    Writes into --out:
+      userid-timestamp-artid-artname-traid-traname.tsv   listens (LastFM-1K format)
+      userid-profile.tsv                                 user profiles (LastFM-1K format)
+      catalog.jsonl                                      tracks: duration, lyrics, audio path, 58 MGPHot genes
+      audio/<track_id>.wav                               clips whose timbre/tempo/key follow the style
+      truth/                                             the planted styles and tastes, for evaluation
+    About 13.7 listens per user-day: --users 1000 --tracks 50000 --days 365 gives ~5M listens.
+    """
+    from encore.sample_world.generator import WorldConfig, generate_world
+
+    cfg = WorldConfig(users=users, tracks=tracks, days=days, seed=seed, end=end.date(), clips=clips,
+                      clip_seconds=clip_seconds)
+    stats = generate_world(cfg, out)
+    rate = stats.listens / max(stats.seconds, 1e-9) * 60
+    click.echo(f"sample world in {out}: {stats.listens:,} listens, {stats.sessions:,} sessions, "
+               f"{stats.users:,} users, {stats.tracks:,} tracks by {stats.artists:,} artists, "
+               f"{stats.clips:,} audio clips ({stats.seconds:.1f}s, {rate / 1e6:.1f}M listens/min)")
+    for kind, path in stats.files.items():
+        click.echo(f"  {kind:<9} {path}")
+
+
+# --------------------------------------------------------------------------- ingest
+def _print_table_report(name: str, rep: Any) -> None:
+    click.echo(f"{name}:")
+    click.echo(f"  rows read            {rep.rows_read:>12,}")
+    if rep.header_lines:
+        click.echo(f"  header lines         {rep.header_lines:>12,}")
+    click.echo(f"  quarantined          {rep.quarantined_total:>12,}")
+    for reason, n in sorted(rep.quarantined.items()):
+        click.echo(f"    {reason:<18} {n:>12,}")
+    if rep.duplicates_in_input:
+        click.echo(f"  duplicates in input  {rep.duplicates_in_input:>12,}")
+    click.echo(f"  already in lake      {rep.already_in_lake:>12,}")
+    if rep.replaced:
+        click.echo(f"  replaced             {rep.replaced:>12,}")
+    click.echo(f"  added                {rep.added:>12,}")
+    if rep.partitions_written:
+        p = rep.partitions_written
+        click.echo(f"  partitions written   {len(p):>12,}  ({p[0]} .. {p[-1]})")
+
+
+@cli.command()
+@click.option("--listens", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Listens file (LastFM-1K .tsv, plain or .gz) or a folder of them. Repeatable.")
+@click.option("--profiles", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="userid-profile.tsv (LastFM-1K profile format).")
+@click.option("--catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Track catalog, JSON Lines or parquet: artist, title, duration_s [, traid, artid, lyrics, "
+                   "audio_path, genes].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def ingest(ctx: click.Context, listens: tuple[Path, ...], profiles: Path | None, catalog: Path | None,
+           as_json: bool) -> None:
+    """Load raw files into the bronze lake (PySpark), quarantining what is malformed.
+
+    Listens land in lake/bronze/listens/date=YYYY-MM-DD/, merged with what is there: a rerun on the
+    same input adds nothing, a file with new days adds only those days. Rows with the wrong field
+    count, bad or out-of-range timestamps, an empty user, invalid UTF-8 or overlong fields go to
+    lake/quarantine/ with the raw line and a reason. Exact duplicate listens are dropped and
+    counted. Output is published atomically; the report is printed and kept in reports/ingest/.
+    """
+    from jobs.ingest import IngestError, IngestInputs
+    from jobs.ingest import ingest as run_ingest
+
+    cfg = _config(ctx)
+    try:
+        report = run_ingest(cfg, IngestInputs(listens=listens, profiles=profiles, catalog=catalog))
+    except (IngestError, WorkspaceBusy) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    click.echo(f"ingest run {report.run_id} ({report.seconds:.1f}s) into {cfg.home.resolve()}")
+    if report.recovered_publications:
+        click.echo(f"  finished {report.recovered_publications} publication(s) left by an interrupted run")
+    for name in ("listens", "tracks", "users"):
+        rep = getattr(report, name)
+        if rep is not None:
+            _print_table_report(name, rep)
+    click.echo(f"report: {Path(cfg.home).resolve() / 'reports' / 'ingest' / (report.run_id + '.json')}")
+
+
+# --------------------------------------------------------------------------- summary
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def summary(ctx: click.Context, as_json: bool) -> None:
+    """Summarise the lake: rows, users, tracks, date range, quarantine by reason."""
+    from encore.core.workspace import Workspace
+    from jobs.lake import summarize
+
+    s = summarize(Workspace.at(_config(ctx).home))
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    click.echo(f"lake at {s['home']}/lake")
+    if "listens" not in s and "tracks" not in s:
+        click.echo("  empty: run `encore ingest` first")
+    if "listens" in s:
+        li = s["listens"]
+        click.echo(f"  listens  {li['rows']:>10,} rows  {li['users']:,} users  {li['tracks']:,} tracks  "
+                   f"{li['partitions']} days  {li['first']} .. {li['last']}")
+    if "tracks" in s:
+        t = s["tracks"]
+        click.echo(f"  tracks   {t['rows']:>10,} rows  lyrics {t['with_lyrics']:,}  audio {t['with_audio']:,}  "
+                   f"genes {t['with_genes']:,}  unknown duration {t['unknown_duration']:,}")
+    if "users" in s:
+        click.echo(f"  users    {s['users']['rows']:>10,} rows")
+    for table, reasons in s["quarantine"].items():
+        parts = ", ".join(f"{r} {n:,}" for r, n in sorted(reasons.items()))
+        click.echo(f"  quarantine/{table}: {parts}")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+

@@ -1,0 +1,156 @@
+"""Typed configuration: one frozen model for every engine Encore drives.
+
+Resolution order (later wins): built-in ``local`` defaults < profile file (``--config`` /
+``ENCORE_CONFIG``) < ``ENCORE_HOME`` < ``--home``. With no file at all, everything is embedded:
+Spark ``local[*]``, a local Ray, Feast on DuckDB + SQLite, MLflow on SQLite, all under ``home``.
+A profile file switches each engine to its distributed form; no code changes.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": a misspelt key (``ray.adress``) is an error naming it, not a silent default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkConfig(_Section):
+    master: str = Field("local[*]", description="Spark master URL: local[*] or spark://host:7077")
+    app_name: str = Field("encore", description="application name shown in the Spark UI")
+    driver_memory: str = Field("4g", description="driver JVM heap; local mode runs executors inside it")
+    # Few cores here: Spark's default of 200 shuffle partitions means 200 tiny tasks per stage.
+    shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions")
+    conf: dict[str, str] = Field(default_factory=dict, description="extra spark.* settings, verbatim")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="ray://host:10001 or host:6379; None starts a local Ray")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; None = all")
+    # Ray's default object store is 30% of RAM; on a shared machine that starves Spark.
+    object_store_memory_mb: int = Field(1024, ge=64, description="object store size for a local Ray")
+
+
+class OfflineStoreConfig(_Section):
+    # The Feast `file` store drops entity rows outside the TTL (shared/STACK-NOTES.md): not offered.
+    type: Literal["duckdb", "spark"] = "duckdb"
+    spark_conf: dict[str, str] = Field(default_factory=dict, description="spark.* for the Spark store")
+
+
+class OnlineStoreConfig(_Section):
+    type: Literal["sqlite", "redis"] = "sqlite"
+    connection_string: str | None = Field(None, description="redis: host:port[,password=...]")
+
+
+class FeastConfig(_Section):
+    project: str = Field("encore", pattern=r"^[a-z][a-z0-9_]*$")
+    registry: str | None = Field(None, description="registry path or URI; None = <home>/feast/registry.db")
+    offline_store: OfflineStoreConfig = Field(default_factory=OfflineStoreConfig)
+    online_store: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = Field(None, description="None = sqlite:///<home>/mlflow/mlflow.db")
+    registry_uri: str | None = Field(None, description="None = the tracking URI")
+    artifact_location: str | None = Field(None, description="None = <home>/mlflow/artifacts")
+    experiment: str = "encore"
+    model_name: str = "encore-e4srec"
+
+
+class IngestConfig(_Section):
+    # Listens before this are clock errors (LastFM-1K starts in 2005; scrobbling did not exist in 2000).
+    min_timestamp: datetime = Field(datetime(2000, 1, 1), description="earliest plausible listen (UTC)")
+    # A listen stamped further in the future than this (relative to the ingest run) is a clock error.
+    max_future_hours: int = Field(24, ge=0, description="tolerated clock skew into the future")
+    # LastFM names run to a few hundred characters; longer is garbage that would bloat every join.
+    max_field_chars: int = Field(2048, ge=16, description="longest accepted id or name")
+
+
+class EncoreConfig(_Section):
+    profile: str = Field("local", description="name shown in logs and reports")
+    home: Path = Field(Path(".encore"), description="workspace: lake, Feast, MLflow, reports, outputs")
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    feast: FeastConfig = Field(default_factory=FeastConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+
+    # -- derived values: kept as methods so the stored config stays exactly what the user wrote --
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.home.resolve() / 'mlflow' / 'mlflow.db'}"
+
+    def mlflow_artifact_location(self) -> str:
+        return self.mlflow.artifact_location or (self.home.resolve() / "mlflow" / "artifacts").as_uri()
+
+    def feast_registry(self) -> str:
+        return self.feast.registry or str(self.home.resolve() / "feast" / "registry.db")
+
+    def effective(self) -> dict[str, Any]:
+        """The config with every default and derived location filled in, as plain data."""
+        data = self.model_dump(mode="json")
+        data["home"] = str(self.home.resolve())
+        data["feast"]["registry"] = self.feast_registry()
+        data["mlflow"]["tracking_uri"] = self.mlflow_tracking_uri()
+        data["mlflow"]["registry_uri"] = self.mlflow.registry_uri or self.mlflow_tracking_uri()
+        data["mlflow"]["artifact_location"] = self.mlflow_artifact_location()
+        return data
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | str | None = None, home: Path | str | None = None) -> EncoreConfig:
+    """Build the effective config.
+
+    ``path`` (or ``ENCORE_CONFIG``) names a YAML profile file; ``home`` (or ``ENCORE_HOME``)
+    overrides the workspace folder. Raises :class:`ConfigError` naming the bad key.
+    """
+    path = path or os.environ.get("ENCORE_CONFIG") or None
+    data: dict[str, Any] = {}
+    source = "built-in defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        data = loaded or {}
+        source = str(p)
+        if "home" in data and data["home"] is not None and not Path(str(data["home"])).is_absolute():
+            # A relative home in a profile file is relative to that file, not to wherever encore runs.
+            data["home"] = str(p.resolve().parent / str(data["home"]))
+    env_home = os.environ.get("ENCORE_HOME")
+    if home is not None:
+        data["home"] = str(home)
+    elif env_home:
+        data["home"] = env_home
+    try:
+        return EncoreConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def dump_yaml(cfg: EncoreConfig) -> str:
+    return yaml.safe_dump(cfg.effective(), sort_keys=False, allow_unicode=True)

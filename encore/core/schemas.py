@@ -1,0 +1,82 @@
+"""Names every stage agrees on: raw formats, bronze columns, quarantine reasons, the MGPHot genes."""
+
+from __future__ import annotations
+
+# LastFM-1K raw listens: no header, tab-separated, one listen per line, rows per user newest first.
+LISTEN_RAW_FIELDS = ("userid", "timestamp", "artid", "artname", "traid", "traname")
+LISTEN_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # 2009-05-04T23:08:57Z, always UTC
+# LastFM-1K profiles: a header line, then one user per line.
+PROFILE_HEADER = ("#id", "gender", "age", "country", "registered")
+PROFILE_REGISTERED_FORMAT = "%b %d, %Y"  # Aug 13, 2006
+
+# Bronze tables (parquet). Listens are partitioned by `date` (UTC day of `ts`).
+LISTEN_COLUMNS = (
+    "user_id",  # string, non-empty
+    "ts",  # timestamp[us, UTC]: the listen's start, as Last.fm records it
+    "artist_id",  # artist MBID, or "art-" + derived hash when the MBID is empty
+    "artist_mbid",  # string or null
+    "artist_name",  # string
+    "track_id",  # track MBID, or "trk-" + derived hash (see encore.core.ids)
+    "track_mbid",  # string or null
+    "track_name",  # string
+)
+# The identity of a listen for de-duplication: an exact repeat of all of these is one listen.
+LISTEN_KEY = ("user_id", "ts", "artist_id", "artist_name", "track_id", "track_name")
+
+TRACK_COLUMNS = (
+    "track_id", "track_mbid", "artist_id", "artist_mbid", "artist_name", "track_name",
+    "duration_s",  # double or null (unknown); never <= 0
+    "lyrics",  # string or null (instrumental / unknown)
+    "audio_path",  # absolute path of an audio clip, or null
+    "genes",  # list<float32>[58] in GENES order, each in [0, 1], or null
+)
+CATALOG_REQUIRED = ("artist", "title", "duration_s")
+CATALOG_OPTIONAL = ("track_id", "traid", "artid", "lyrics", "audio_path", "genes")
+
+USER_COLUMNS = ("user_id", "gender", "age", "country", "registered")
+
+# Why a raw row went to quarantine. Every rejected row gets exactly one, checked in this order.
+LISTEN_REASONS = (
+    "invalid_utf8",  # bytes that are not UTF-8 (raw bytes kept in `raw_bytes`)
+    "field_count",  # not exactly 6 tab-separated fields (blank lines too)
+    "field_too_long",  # a field longer than ingest.max_field_chars
+    "empty_user",  # empty or blank user id
+    "bad_timestamp",  # not yyyy-MM-ddTHH:mm:ssZ
+    "timestamp_out_of_range",  # before ingest.min_timestamp or too far in the future
+    "no_track",  # neither a track MBID nor a track name
+)
+TRACK_REASONS = ("malformed", "missing_field", "bad_duration", "bad_genes", "duplicate_track")
+USER_REASONS = ("invalid_utf8", "field_count", "empty_user", "bad_age", "duplicate_user")
+
+# MGPHot (Oramas et al., TISMIR 2025): 58 "genes" scored 0-5 by experts, normalised to [0, 1].
+GENE_GROUPS: dict[str, tuple[str, ...]] = {
+    "vocals": (
+        "vocal_register", "vocal_timbre_thin_to_full", "vocal_breathiness", "vocal_smoothness",
+        "vocal_grittiness", "vocal_nasality", "vocal_accompaniment",
+    ),
+    "harmony": ("major_key_tonality", "harmonic_sophistication"),
+    "rhythm": (
+        "tempo", "cut_time_feel", "triple_meter", "compound_meter", "odd_meter", "swing", "shuffle",
+        "syncopation", "backbeat", "danceability",
+    ),
+    "instrumentation": (
+        "drum_set", "drum_aggressiveness", "synthetic_drums", "percussion", "electric_guitar",
+        "guitar_distortion", "acoustic_guitar", "string_ensemble", "horn_ensemble", "piano", "organ",
+        "rhodes", "synthesizer", "synth_timbre", "bass_guitar", "reed",
+    ),
+    "lyrics": (
+        "lyrics_angry", "lyrics_sad", "lyrics_happy", "lyrics_humorous", "lyrics_love",
+        "lyrics_social_political", "lyrics_abstract", "lyrics_explicit",
+    ),
+    "sonority": (
+        "live_recording", "audio_production", "aural_intensity", "acoustic_sonority",
+        "electric_sonority", "synthetic_sonority",
+    ),
+    "composition": (
+        "focus_lead_vocal", "focus_lyrics", "focus_melody", "focus_vocal_accompaniment",
+        "focus_rhythmic_groove", "focus_arrangements", "focus_form", "focus_riffs", "focus_performance",
+    ),
+}
+GENES: tuple[str, ...] = tuple(g for group in GENE_GROUPS.values() for g in group)
+GENE_SCALE = 5  # genes are scored on 0..5; stored divided by this
+assert len(GENES) == 58, len(GENES)

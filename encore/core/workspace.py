@@ -1,0 +1,104 @@
+"""Where everything lives inside the workspace folder (``home``).
+
+    home/
+      lake/bronze/{listens,tracks,users}/   parquet; listens partitioned by date=YYYY-MM-DD
+      lake/quarantine/{listens,tracks,users}/  rejected raw rows with a reason, partitioned by source
+      feast/  mlflow/  reports/<job>/  outputs/
+      tmp/{staging,trash,journal}/          same filesystem as the lake, so renames are atomic
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another Encore process holds the lock this one needs."""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    home: Path
+
+    @classmethod
+    def at(cls, home: Path | str) -> Workspace:
+        return cls(Path(home).resolve())
+
+    @property
+    def lake(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def bronze(self) -> Path:
+        return self.lake / "bronze"
+
+    @property
+    def listens(self) -> Path:
+        return self.bronze / "listens"
+
+    @property
+    def tracks(self) -> Path:
+        return self.bronze / "tracks"
+
+    @property
+    def users(self) -> Path:
+        return self.bronze / "users"
+
+    def quarantine(self, table: str) -> Path:
+        return self.lake / "quarantine" / table
+
+    @property
+    def feast(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def mlflow(self) -> Path:
+        return self.home / "mlflow"
+
+    def reports(self, job: str) -> Path:
+        return self.home / "reports" / job
+
+    @property
+    def outputs(self) -> Path:
+        return self.home / "outputs"
+
+    @property
+    def tmp(self) -> Path:
+        return self.home / "tmp"
+
+    def staging(self, run_id: str) -> Path:
+        return self.tmp / "staging" / run_id
+
+    @property
+    def journals(self) -> Path:
+        return self.tmp / "journal"
+
+    @property
+    def trash(self) -> Path:
+        return self.tmp / "trash"
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Exclusive, non-blocking lock ``name`` on this workspace (released when the process dies)."""
+        path = self.home / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                raise WorkspaceBusy(
+                    f"another encore process (pid {holder}) holds the '{name}' lock on {self.home}; "
+                    "wait for it to finish"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)

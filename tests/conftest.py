@@ -1,0 +1,46 @@
+"""Shared fixtures: one local Spark session for the run, small generated worlds, fresh workspaces."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from encore.core.config import EncoreConfig, SparkConfig
+from encore.sample_world.generator import WorldConfig, WorldStats, generate_world
+
+# Small worlds keep the suite fast; the shapes are the production ones.
+SMALL_WORLD = WorldConfig(users=24, tracks=600, days=28, seed=7, clips=60)
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+def make_config(home: Path) -> EncoreConfig:
+    # Two shuffle partitions: tiny data, two cores; the real default (8) is for larger inputs.
+    return EncoreConfig(home=home, spark=SparkConfig(master="local[2]", driver_memory="2g", shuffle_partitions=2))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from jobs.spark import get_spark
+
+    session = get_spark(make_config(Path(".encore-test")).spark)
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def cfg(home: Path) -> EncoreConfig:
+    return make_config(home)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, WorldStats]:
+    out = tmp_path_factory.mktemp("world")
+    return out, generate_world(SMALL_WORLD, out, progress=False)
