@@ -356,7 +356,8 @@ def _ingest_catalog(spark: SparkSession, src: SourceFile, ws: Workspace, stage: 
         F.when(F.col("genes").isNull(), None).otherwise(genes).alias("genes"),
     )
     # A track listed twice keeps one row, chosen by content (not file order) so reruns agree.
-    w = Window.partitionBy("track_id", F.col("reason").isNull()).orderBy("track_name", "artist_name", "duration_s", "lyrics", "audio_path")
+    w = Window.partitionBy("track_id", F.col("reason").isNull()).orderBy(
+        "track_name", "artist_name", "duration_s", "lyrics", "audio_path")
     rows = rows.withColumn("reason", F.when(F.col("reason").isNull() & (F.row_number().over(w) > 1),
                                             "duplicate_track").otherwise(F.col("reason"))).persist()
     rep = TableReport()
@@ -446,7 +447,7 @@ def ingest(cfg: EncoreConfig, inputs: IngestInputs) -> IngestReport:
     listen_files = [_check_file(p) for p in _expand(inputs.listens)]
     profile_file = _check_file(inputs.profiles) if inputs.profiles else None
     catalog_file = _check_file(inputs.catalog) if inputs.catalog else None
-    report.inputs = [*listen_files, *([profile_file] if profile_file else []), *([catalog_file] if catalog_file else [])]
+    report.inputs = [*listen_files, *(f for f in (profile_file, catalog_file) if f is not None)]
 
     ws = Workspace.at(cfg.home)
     with ws.lock("lake"):

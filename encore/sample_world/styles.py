@@ -104,7 +104,8 @@ def gene_prototypes(rng: np.random.Generator) -> np.ndarray:
         linked = {
             "tempo": (s.tempo_bpm - 60) / 140,
             "major_key_tonality": s.major,
-            "synthesizer": s.synthetic, "synthetic_sonority": s.synthetic, "synthetic_drums": s.synthetic * s.percussive,
+            "synthesizer": s.synthetic, "synthetic_sonority": s.synthetic,
+            "synthetic_drums": s.synthetic * s.percussive,
             "synth_timbre": s.synthetic * s.brightness,
             "acoustic_guitar": s.acoustic * 0.8, "acoustic_sonority": s.acoustic,
             "electric_guitar": s.distortion * 0.9, "guitar_distortion": s.distortion,

@@ -1,0 +1,3 @@
+from encore.cli import main
+
+main()

@@ -1,0 +1,206 @@
+"""The sample world: exact LastFM-1K formats, determinism, and the structure planted in it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import wave
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from encore.core import ids
+from encore.core.schemas import GENES, PROFILE_HEADER
+from encore.sample_world.generator import CATALOG_FILE, LISTENS_FILE, PROFILES_FILE, WorldConfig, generate_world
+from encore.sample_world.styles import STYLES
+
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+LINE = re.compile(rf"^user_\d{{6}}\t\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ\t({UUID})?\t[^\t\n]+\t({UUID})?\t[^\t\n]+$")
+
+
+def _listens(world: Path) -> pd.DataFrame:
+    df = pd.read_csv(world / LISTENS_FILE, sep="\t", header=None, quoting=3, keep_default_na=False,
+                     names=["user", "ts", "artid", "artname", "traid", "traname"], dtype=str)
+    df["t"] = pd.to_datetime(df["ts"], format="%Y-%m-%dT%H:%M:%SZ", utc=True).astype("int64") // 10**9
+    return df
+
+
+def _catalog(world: Path) -> pd.DataFrame:
+    return pd.read_json(world / CATALOG_FILE, lines=True, dtype=False)
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_listens_file_is_exact_lastfm_1k_format(small_world) -> None:
+    world, stats = small_world
+    raw = (world / LISTENS_FILE).read_bytes()
+    assert raw.endswith(b"\n") and b"\r" not in raw
+    lines = raw.decode("utf-8").split("\n")[:-1]
+    assert len(lines) == stats.listens
+    bad = [ln for ln in lines if not LINE.match(ln)]
+    assert not bad, bad[:3]
+    df = _listens(world)
+    # Users in ascending order, each user's rows newest first.
+    assert list(df["user"]) == sorted(df["user"])
+    for _, g in df.groupby("user"):
+        assert np.all(np.diff(g["t"].to_numpy()) <= 0)
+    assert (df["traid"] == "").mean() > 0.03  # some MBIDs are empty, as in LastFM-1K
+    assert (df["artid"] == "").any()
+    assert any(not s.isascii() for s in df["artname"]) and any(not s.isascii() for s in df["traname"])
+
+
+def test_profiles_file_is_lastfm_1k_profile_format(small_world) -> None:
+    world, stats = small_world
+    lines = (world / PROFILES_FILE).read_text(encoding="utf-8").splitlines()
+    assert tuple(lines[0].split("\t")) == PROFILE_HEADER
+    assert len(lines) == stats.users + 1
+    for ln in lines[1:]:
+        uid, gender, age, _country, registered = ln.split("\t")
+        assert re.fullmatch(r"user_\d{6}", uid) and gender in ("m", "f", "")
+        assert age == "" or 10 <= int(age) <= 99
+        datetime.strptime(registered, "%b %d, %Y")
+
+
+def test_catalog_has_ids_durations_lyrics_clips_and_58_genes(small_world) -> None:
+    world, stats = small_world
+    cat = _catalog(world)
+    assert len(cat) == stats.tracks and cat["track_id"].is_unique
+    for row in cat.itertuples():
+        assert row.track_id == ids.track_id(row.traid, row.artist, row.title)  # same rule as ingest
+        assert list(row.genes) == list(GENES)
+        g = np.array(list(row.genes.values()))
+        assert np.all((g >= 0) & (g <= 1)) and np.allclose(g * 5, np.rint(g * 5))  # 0-5 scale
+    assert cat["duration_s"].isna().sum() >= 1 and (cat["duration_s"].dropna() > 0).all()
+    assert cat["lyrics"].isna().any() and cat["lyrics"].notna().mean() > 0.5
+    with_clip = cat["audio_path"].dropna()
+    assert len(with_clip) == stats.clips == 60
+    for rel in with_clip:
+        with wave.open(str(world / rel)) as w:
+            assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 11025)
+            assert w.getnframes() == 3 * 11025
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) -> None:
+    cfg = WorldConfig(users=5, tracks=120, days=6, seed=3, clips=4)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    generate_world(cfg, a, progress=False)
+    generate_world(cfg, b, progress=False)
+    generate_world(WorldConfig(users=5, tracks=120, days=6, seed=4, clips=4), c, progress=False)
+    assert _tree_digest(a) == _tree_digest(b)
+    assert (a / LISTENS_FILE).read_bytes() != (c / LISTENS_FILE).read_bytes()
+
+
+@pytest.mark.parametrize(("clips", "expected"), [(0, 0), (7, 7), (None, 30)])
+def test_clips_option_bounds_audio_on_disk(tmp_path: Path, clips: int | None, expected: int) -> None:
+    stats = generate_world(WorldConfig(users=2, tracks=30, days=2, clips=clips), tmp_path, progress=False)
+    assert stats.clips == expected
+    assert len(list((tmp_path / "audio").glob("*.wav"))) == expected
+    assert _catalog(tmp_path)["audio_path"].notna().sum() == expected
+
+
+def test_listen_rate_is_calibrated_to_5m_per_1000_users_year(tmp_path: Path) -> None:
+    # 1,000 users x 365 days must give about 5M listens: the per-user-day rate must be ~13.7.
+    stats = generate_world(WorldConfig(users=60, tracks=3000, days=120, clips=0), tmp_path, progress=False)
+    rate = stats.listens / (60 * 120)
+    assert 12.0 < rate < 15.5, rate
+
+
+# ----------------------------------------------------------------------------- planted structure
+@pytest.fixture(scope="module")
+def joined(small_world) -> pd.DataFrame:
+    """Listens in time order per user, with truth style, gap to the next listen and taste fit."""
+    world, _ = small_world
+    df = _listens(world).sort_values(["user", "t"], kind="stable").reset_index(drop=True)
+    tracks = pq.read_table(world / "truth" / "tracks.parquet").to_pandas()
+    tracks["key"] = tracks["track_id"]
+    df["track_id"] = [ids.track_id(m, a, n) for m, a, n in zip(df["traid"], df["artname"], df["traname"], strict=True)]
+    df = df.merge(tracks[["track_id", "style", "duration_s"]], on="track_id", how="left", validate="many_to_one")
+    users = pq.read_table(world / "truth" / "users.parquet").to_pandas().set_index("user_id")
+    taste = np.stack(users.loc[df["user"], "taste_start"].to_numpy())
+    df["fit"] = taste[np.arange(len(df)), df["style"].to_numpy()] / taste.max(1)
+    df["gap"] = df.groupby("user")["t"].shift(-1) - df["t"]
+    df["same_session_next"] = df["gap"] < 30 * 60
+    df["next_style"] = df.groupby("user")["style"].shift(-1)
+    return df
+
+
+def test_sessions_are_separated_by_more_than_30_minutes(joined: pd.DataFrame, small_world) -> None:
+    gaps = joined["gap"].dropna()
+    assert ((gaps >= 30 * 60) & (gaps < 31 * 60)).sum() == 0  # breaks clear the threshold
+    sessions = (gaps >= 30 * 60).sum() + joined["user"].nunique()
+    assert 0.8 * small_world[1].sessions <= sessions <= small_world[1].sessions
+    # Sessions are of related tracks: the next track shares the style far more often inside one.
+    inside = joined[joined["same_session_next"]]
+    across = joined[joined["gap"] >= 30 * 60]
+    assert (inside["style"] == inside["next_style"]).mean() > (across["style"] == across["next_style"]).mean() + 0.2
+
+
+def test_popularity_is_long_tailed_and_repeats_happen(joined: pd.DataFrame) -> None:
+    plays = joined["track_id"].value_counts().to_numpy()
+    top = plays[: max(1, len(plays) // 10)].sum() / plays.sum()
+    assert top > 0.4, top  # top 10% of tracks take a large share of plays
+    assert (plays <= 2).mean() > 0.2  # and a long tail is rarely played
+    repeated = joined.duplicated(["user", "track_id"]).mean()
+    assert repeated > 0.1, repeated
+
+
+def test_completion_carries_taste_signal(joined: pd.DataFrame) -> None:
+    inside = joined[joined["same_session_next"]].copy()
+    inside["ratio"] = np.minimum(1.0, inside["gap"] / inside["duration_s"])
+    fits = inside[inside["fit"] > 0.6]["ratio"].mean()
+    misfits = inside[inside["fit"] < 0.1]["ratio"].mean()
+    assert fits > misfits + 0.2, (fits, misfits)
+    assert (inside["ratio"] < 0.5).mean() > 0.02  # plays are cut short: the gap is shorter than the track
+
+
+def test_tastes_drift_slowly(small_world) -> None:
+    users = pq.read_table(small_world[0] / "truth" / "users.parquet").to_pandas()
+    a, b = np.stack(users["taste_start"]), np.stack(users["taste_end"])
+    moved = np.abs(a - b).sum(1)
+    assert np.median(moved) > 0.05  # they drift ...
+    same_top = (a.argmax(1) == b.argmax(1)).mean()
+    assert same_top > 0.4  # ... slowly: most users keep their favourite style over four weeks
+
+
+def test_content_follows_style(small_world) -> None:
+    world, _ = small_world
+    cat = _catalog(world).merge(pq.read_table(world / "truth" / "tracks.parquet").to_pandas()[["track_id", "style"]],
+                                on="track_id")
+    genes = np.stack([list(g.values()) for g in cat["genes"]])
+    style = cat["style"].to_numpy()
+    centroids = np.stack([genes[style == k].mean(0) for k in range(len(STYLES))])
+    pred = np.argmin(((genes[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+    assert (pred == style).mean() > 0.9  # genes identify the style
+    own, other = [], []
+    for lyr, k in zip(cat["lyrics"], style, strict=True):
+        if isinstance(lyr, str):
+            words = Counter(lyr.lower().split())
+            own.append(sum(n for w, n in words.items() if w in STYLES[k].words))
+            other.append(np.mean([sum(n for w, n in words.items() if w in s.words) for s in STYLES]))
+    assert np.mean(own) > 3 * np.mean(other)  # lyrics use the style's vocabulary
+    # Audio: brighter, grittier styles have a higher spectral centroid.
+    centroid, bright = [], []
+    for rel, k in zip(cat["audio_path"], style, strict=True):
+        if isinstance(rel, str):
+            with wave.open(str(world / rel)) as w:
+                x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(float)
+            spec = np.abs(np.fft.rfft(x))
+            freqs = np.fft.rfftfreq(len(x), 1 / 11025)
+            centroid.append((spec * freqs).sum() / spec.sum())
+            bright.append(STYLES[k].brightness + STYLES[k].distortion + STYLES[k].percussive)
+    assert np.corrcoef(centroid, bright)[0, 1] > 0.5
+
+
+def test_world_json_records_config_and_counts(small_world) -> None:
+    world, stats = small_world
+    meta = json.loads((world / "world.json").read_text())
+    assert meta["listens"] == stats.listens and meta["config"]["seed"] == 7
