@@ -24,6 +24,7 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
         .appName(cfg.app_name)
         .config("spark.driver.memory", cfg.driver_memory)
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        .config("spark.sql.files.maxPartitionBytes", f"{cfg.max_partition_mb}m")
         # Everything in the lake is UTC; the machine's zone must not shift days.
         .config("spark.sql.session.timeZone", "UTC")
         # INT96 is Spark-only legacy; microsecond timestamps read in pyarrow, DuckDB and Feast.

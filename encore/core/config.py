@@ -32,6 +32,9 @@ class SparkConfig(_Section):
     driver_memory: str = Field("4g", description="driver JVM heap; local mode runs executors inside it")
     # Few cores here: Spark's default of 200 shuffle partitions means 200 tiny tasks per stage.
     shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions")
+    # Spark splits plain text files at this size; 128 MB (its default) reads a 1M-listen file with
+    # one task, i.e. one core. Gzip files are never split.
+    max_partition_mb: int = Field(32, ge=1, description="spark.sql.files.maxPartitionBytes, in MB")
     conf: dict[str, str] = Field(default_factory=dict, description="extra spark.* settings, verbatim")
 
 
