@@ -136,6 +136,11 @@ def _derived_id(prefix: str, *cols: Column) -> Column:
     return F.concat(F.lit(prefix), F.substring(F.sha1(joined.cast("binary")), 1, ids.DERIVED_HEX))
 
 
+def _utc(t: datetime) -> datetime:
+    """Config datetimes without a zone are UTC, like every timestamp in the lake."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
 def _parse_listens(spark: SparkSession, src: SourceFile, icfg: IngestConfig, now: datetime) -> DataFrame:
     raw = spark.read.text(src.path)
     f = F.split(F.col("value"), "\t", -1)
@@ -154,7 +159,7 @@ def _parse_listens(spark: SparkSession, src: SourceFile, icfg: IngestConfig, now
         .when(too_long, "field_too_long")
         .when(F.trim(g(0)) == "", "empty_user")
         .when(ts.isNull(), "bad_timestamp")
-        .when((ts < F.lit(icfg.min_timestamp.replace(tzinfo=UTC))) | (ts > F.lit(max_ts)), "timestamp_out_of_range")
+        .when((ts < F.lit(_utc(icfg.min_timestamp))) | (ts > F.lit(max_ts)), "timestamp_out_of_range")
         .when((g(4) == "") & (g(5) == ""), "no_track")
     )
     artist_mbid, track_mbid = F.nullif(g(2), F.lit("")), F.nullif(g(4), F.lit(""))
@@ -443,7 +448,10 @@ def ingest(cfg: EncoreConfig, inputs: IngestInputs) -> IngestReport:
     now = datetime.now(UTC)
     run_id = new_run_id()
     report = IngestReport(run_id=run_id, started_at=now.isoformat(timespec="seconds"))
-    listen_files = [_check_file(p) for p in _expand(inputs.listens)]
+    expanded = _expand(inputs.listens)
+    if inputs.listens and not expanded:
+        raise IngestError(f"no listens files in {', '.join(map(str, inputs.listens))}")
+    listen_files = [_check_file(p) for p in expanded]
     profile_file = _check_file(inputs.profiles) if inputs.profiles else None
     catalog_file = _check_file(inputs.catalog) if inputs.catalog else None
     report.inputs = [*listen_files, *(f for f in (profile_file, catalog_file) if f is not None)]
@@ -467,9 +475,10 @@ def ingest(cfg: EncoreConfig, inputs: IngestInputs) -> IngestReport:
             report.users, s = _ingest_profiles(spark, profile_file, ws, stage)
             swaps += s
         faults.point("ingest.staged")
-        report.seconds = round(time.perf_counter() - t0, 3)
         atomic.publish(swaps, ws.journals / f"{run_id}.json")
         shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(ws.trash / run_id, ignore_errors=True)
+        report.seconds = round(time.perf_counter() - t0, 3)
         reports = ws.reports("ingest")
         atomic.write_json_atomic(reports / f"{run_id}.json", report.to_dict())
         atomic.write_json_atomic(reports / "latest.json", report.to_dict())

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import re
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
+from click.testing import CliRunner
 
+from encore.cli import cli
 from encore.core import ids
 from encore.core.workspace import Workspace
 from jobs.ingest import IngestError, IngestInputs, ingest
@@ -157,3 +161,17 @@ def test_catalog_missing_required_columns_is_a_clear_error(spark, cfg, tmp_path:
     with pytest.raises(IngestError, match=r"lacks required column.*duration_s"):
         ingest(cfg, IngestInputs(catalog=bad))
     assert not Workspace.at(cfg.home).tracks.exists()
+
+
+def test_ingest_command_prints_the_report_and_keeps_it(spark, cfg, tmp_path: Path) -> None:
+    src = raw.write_listens(tmp_path / "l.tsv")
+    res = CliRunner().invoke(cli, ["--home", str(cfg.home), "ingest", "--listens", str(src)])
+    assert res.exit_code == 0, res.output
+    for reason, n in raw.expected_listen_report()["quarantined"].items():
+        assert re.search(rf"^\s+{reason}\s+{n}$", res.output, re.M), (reason, res.output)
+    assert re.search(r"^\s+added\s+4$", res.output, re.M)
+    kept = json.loads((Workspace.at(cfg.home).reports("ingest") / "latest.json").read_text())
+    assert kept["listens"]["quarantined"] == raw.expected_listen_report()["quarantined"]
+    assert kept["listens"]["quarantined_total"] == 11
+    res = CliRunner().invoke(cli, ["--home", str(cfg.home), "ingest", "--json", "--listens", str(src)])
+    assert json.loads(res.output)["listens"]["already_in_lake"] == 4
