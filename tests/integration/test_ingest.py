@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -17,13 +16,10 @@ from encore.core import ids
 from encore.core.workspace import Workspace
 from jobs.ingest import IngestError, IngestInputs, ingest
 from tests.fixtures import raw
+from tests.fixtures.files import digest
 
 pytestmark = pytest.mark.integration
 
-
-def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _table(path: Path):
@@ -78,18 +74,18 @@ def test_gzip_input_gives_the_same_lake_as_plain(spark, tmp_path: Path) -> None:
     a, b = make_config(tmp_path / "a"), make_config(tmp_path / "b")
     ra, rb = ingest(a, IngestInputs(listens=(plain,))), ingest(b, IngestInputs(listens=(gz,)))
     assert ra.listens.quarantined == rb.listens.quarantined and ra.listens.added == rb.listens.added
-    assert _digest(Workspace.at(a.home).listens) == _digest(Workspace.at(b.home).listens)
+    assert digest(Workspace.at(a.home).listens) == digest(Workspace.at(b.home).listens)
 
 
 def test_truncated_gzip_is_rejected_by_name_and_the_lake_is_untouched(spark, cfg, tmp_path: Path) -> None:
     ingest(cfg, IngestInputs(listens=(raw.write_listens(tmp_path / "l.tsv"),)))
-    before = _digest(Workspace.at(cfg.home).lake)
+    before = digest(Workspace.at(cfg.home).lake)
     data = gzip.compress(b"user_a\t2009-05-02T10:00:00Z\t\tA\t\tT\n" * 5000)
     broken = tmp_path / "broken.tsv.gz"
     broken.write_bytes(data[: len(data) // 2])
     with pytest.raises(IngestError, match=r"broken\.tsv\.gz"):
         ingest(cfg, IngestInputs(listens=(broken,)))
-    assert _digest(Workspace.at(cfg.home).lake) == before
+    assert digest(Workspace.at(cfg.home).lake) == before
 
 
 def test_empty_file_ingests_nothing_without_error(spark, cfg, tmp_path: Path) -> None:
@@ -108,12 +104,12 @@ def test_rerun_on_same_input_changes_nothing(spark, cfg, small_world) -> None:
     assert first.users.added == stats.users
     lake = Workspace.at(cfg.home).lake
     before = {p: p.stat().st_mtime_ns for p in lake.rglob("*") if p.is_file()}
-    digest = _digest(lake)
+    before_digest = digest(lake)
     second = ingest(cfg, inputs)
     assert second.listens.added == 0 and second.listens.already_in_lake == stats.listens
     assert second.tracks.added == second.tracks.replaced == 0 and second.tracks.already_in_lake == stats.tracks
     assert second.users.added == 0
-    assert _digest(lake) == digest
+    assert digest(lake) == before_digest
     assert {p: p.stat().st_mtime_ns for p in lake.rglob("*") if p.is_file()} == before  # not even rewritten
 
 
@@ -127,11 +123,11 @@ def test_second_file_with_new_days_adds_only_those_days(spark, cfg, small_world,
     (tmp_path / "new.tsv").write_bytes(b"".join(new + old[:50]))  # overlap: already-ingested rows
     ingest(cfg, IngestInputs(listens=(tmp_path / "old.tsv",)))
     ws = Workspace.at(cfg.home)
-    before = _digest(ws.listens)
+    before = digest(ws.listens)
     rep = ingest(cfg, IngestInputs(listens=(tmp_path / "new.tsv",))).listens
     assert rep.added == len(new) and rep.already_in_lake == 50
     assert rep.partitions_written == [f"2009-04-{d}" for d in (28, 29, 30)] + [f"2009-05-0{d}" for d in range(1, 5)]
-    after = _digest(ws.listens)
+    after = digest(ws.listens)
     untouched = {k: v for k, v in after.items() if not any(d in k for d in rep.partitions_written)}
     assert untouched == before  # older partitions byte for byte the same
     assert _table(ws.listens).num_rows == stats.listens

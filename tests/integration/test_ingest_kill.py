@@ -8,7 +8,6 @@ the same order (see ``_rows`` for why not bytes).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -22,15 +21,12 @@ import pytest
 from encore.core.workspace import Workspace
 from jobs.ingest import IngestInputs, ingest
 from tests.conftest import make_config
+from tests.fixtures.files import digest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LISTENS = "userid-timestamp-artid-artname-traid-traname.tsv"
 
-
-def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _rows(root: Path) -> dict[str, list[dict]]:
@@ -67,13 +63,13 @@ def test_killed_ingest_leaves_lake_readable_and_rerun_matches_uninterrupted(
     cfg = make_config(tmp_path / "home")
     ingest(cfg, IngestInputs(listens=(old,)))
     ws = Workspace.at(cfg.home)
-    before = _digest(ws.lake)
+    before = digest(ws.lake)
     old_rows = ds.dataset(ws.listens, partitioning="hive").count_rows()
 
     _killed_ingest(cfg.home, full, fault)
 
     # Every visible partition is complete and readable: old or new, never half-written.
-    after_kill = _digest(ws.lake)
+    after_kill = digest(ws.lake)
     rows = ds.dataset(ws.listens, partitioning="hive").count_rows()
     if fault == "ingest.staged":
         assert after_kill == before and rows == old_rows  # nothing published

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import wave
@@ -19,6 +18,7 @@ from encore.core import ids
 from encore.core.schemas import GENES, PROFILE_HEADER
 from encore.sample_world.generator import CATALOG_FILE, LISTENS_FILE, PROFILES_FILE, WorldConfig, generate_world
 from encore.sample_world.styles import STYLES
+from tests.fixtures.files import digest
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 LINE = re.compile(rf"^user_\d{{6}}\t\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ\t({UUID})?\t[^\t\n]+\t({UUID})?\t[^\t\n]+$")
@@ -34,10 +34,6 @@ def _listens(world: Path) -> pd.DataFrame:
 def _catalog(world: Path) -> pd.DataFrame:
     return pd.read_json(world / CATALOG_FILE, lines=True, dtype=False)
 
-
-def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_listens_file_is_exact_lastfm_1k_format(small_world) -> None:
@@ -95,7 +91,7 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) 
     generate_world(cfg, a, progress=False)
     generate_world(cfg, b, progress=False)
     generate_world(WorldConfig(users=5, tracks=120, days=6, seed=4, clips=4), c, progress=False)
-    assert _tree_digest(a) == _tree_digest(b)
+    assert digest(a) == digest(b)
     assert (a / LISTENS_FILE).read_bytes() != (c / LISTENS_FILE).read_bytes()
 
 
@@ -121,7 +117,6 @@ def joined(small_world) -> pd.DataFrame:
     world, _ = small_world
     df = _listens(world).sort_values(["user", "t"], kind="stable").reset_index(drop=True)
     tracks = pq.read_table(world / "truth" / "tracks.parquet").to_pandas()
-    tracks["key"] = tracks["track_id"]
     df["track_id"] = [ids.track_id(m, a, n) for m, a, n in zip(df["traid"], df["artname"], df["traname"], strict=True)]
     df = df.merge(tracks[["track_id", "style", "duration_s"]], on="track_id", how="left", validate="many_to_one")
     users = pq.read_table(world / "truth" / "users.parquet").to_pandas().set_index("user_id")
