@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    for noisy in ("py4j", "pyspark"):
+    for noisy in ("py4j", "pyspark", "feast", "ibis"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Third-party deprecation notices (ibis inside Feast) say nothing to an Encore user.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def _config(ctx: click.Context) -> EncoreConfig:
@@ -195,12 +198,118 @@ def ingest(ctx: click.Context, listens: tuple[Path, ...], profiles: Path | None,
     click.echo(f"report: {Path(cfg.home).resolve() / 'reports' / 'ingest' / (report.run_id + '.json')}")
 
 
+# --------------------------------------------------------------------------- features
+_DATE = click.DateTime(["%Y-%m-%d"])
+
+
+@cli.command()
+@click.option("--start", type=_DATE, help="First day to recompute (YYYY-MM-DD). With --end: a backfill.")
+@click.option("--end", type=_DATE, help="Last day to recompute (clipped to the lake's last day).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def features(ctx: click.Context, start: Any, end: Any, as_json: bool) -> None:
+    """Build the feature tables from the bronze lake (PySpark): sessions, completion, user/track days.
+
+    \b
+    Writes lake/features/{listens,sessions,user_daily,track_daily}/date=YYYY-MM-DD/, the Feast sources.
+    Without dates: incremental, recomputing from the first bronze day that changed since the last
+    run (nothing if none did). With --start/--end: a backfill of exactly those days, reading the
+    31 days before them for the windows; partitions outside the range are not touched, and running
+    the same backfill twice gives identical files. Sessions split after gaps longer than
+    features.session_gap_minutes (default 30). The report is printed and kept in reports/features/.
+    """
+    from jobs.features import FeaturesError, build_features
+
+    cfg = _config(ctx)
+    try:
+        report = build_features(cfg, start.date() if start else None, end.date() if end else None)
+    except (FeaturesError, WorkspaceBusy) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    if report.mode == "up-to-date":
+        click.echo(f"features run {report.run_id}: up to date, every bronze day is already reflected")
+        return
+    click.echo(f"features run {report.run_id} ({report.seconds:.1f}s): {report.mode} {report.start} .. {report.end}")
+    if report.recovered_publications:
+        click.echo(f"  finished {report.recovered_publications} publication(s) left by an interrupted run")
+    click.echo(f"  listens read {report.listens_read:,}; completion unknown: last of session "
+               f"{report.completion_unknown_last_of_session:,}, "
+               f"no track duration {report.completion_unknown_duration:,}")
+    click.echo(f"  {'table':<12} {'rows':>10} {'partitions':>11} {'removed':>8}  nulls")
+    for name, t in report.tables.items():
+        nulls = ", ".join(f"{c} {n:,}" for c, n in t.nulls.items() if n) or "-"
+        click.echo(f"  {name:<12} {t.rows:>10,} {t.partitions_written:>11,} {t.partitions_removed:>8,}  {nulls}")
+    click.echo(f"report: {Path(cfg.home).resolve() / 'reports' / 'features' / (report.run_id + '.json')}")
+
+
+# --------------------------------------------------------------------------- feast
+@cli.group()
+def feast() -> None:
+    """The Feast feature store over the feature tables (repo: feature_repo/)."""
+
+
+@feast.command("apply")
+@click.pass_context
+def feast_apply(ctx: click.Context) -> None:
+    """Register entities, sources, feature views and services (`feast apply` for this workspace)."""
+    from feature_repo.store import FeastError, apply
+
+    cfg = _config(ctx)
+    try:
+        objs = apply(cfg)
+    except FeastError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"feast project '{cfg.feast.project}' applied to registry {cfg.feast_registry()}")
+    for kind, names in objs.items():
+        click.echo(f"  {kind.replace('_', ' '):<17} {', '.join(names)}")
+
+
+@feast.command("env")
+@click.pass_context
+def feast_env(ctx: click.Context) -> None:
+    """Print the exports that point the `feast` CLI (run in feature_repo/) at this workspace.
+
+    \b
+    eval "$(encore feast env)"; cd feature_repo && feast feature-views list
+    """
+    from feature_repo.store import feast_files
+
+    fs_yaml, encore_yaml = feast_files(_config(ctx))
+    click.echo(f"export FEAST_FS_YAML_FILE_PATH={fs_yaml}")
+    click.echo(f"export ENCORE_CONFIG={encore_yaml}")
+
+
+@cli.command()
+@click.option("--end", type=_DATE, help="Load rows up to the end of this day. Default: the last day the tables hold.")
+@click.option("--view", "views", multiple=True, help="Only this feature view (repeatable). Default: all.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def materialize(ctx: click.Context, end: Any, views: tuple[str, ...], as_json: bool) -> None:
+    """Load the online store (Feast materialize), incrementally from where the last run stopped."""
+    from feature_repo.store import FeastError
+    from feature_repo.store import materialize as run_materialize
+
+    cfg = _config(ctx)
+    try:
+        report = run_materialize(cfg, end.date() if end else None, views or None)
+    except FeastError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"end": report.end, "seconds": report.seconds, "views": report.views}, indent=2))
+        return
+    click.echo(f"materialized up to {report.end} in {report.seconds:.1f}s")
+    for name, v in report.views.items():
+        click.echo(f"  {name:<13} {v['source_rows']:>10,} rows  from {v['start']}")
+
+
 # --------------------------------------------------------------------------- summary
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def summary(ctx: click.Context, as_json: bool) -> None:
-    """Summarise the lake: rows, users, tracks, date range, quarantine by reason."""
+    """Summarise the lake: rows, users, tracks, date range, quarantine by reason, feature tables."""
     from encore.core.workspace import Workspace
     from jobs.lake import summarize
 
@@ -224,6 +333,8 @@ def summary(ctx: click.Context, as_json: bool) -> None:
     for table, reasons in s["quarantine"].items():
         parts = ", ".join(f"{r} {n:,}" for r, n in sorted(reasons.items()))
         click.echo(f"  quarantine/{table}: {parts}")
+    for table, f in s.get("features", {}).items():
+        click.echo(f"  features/{table:<12} {f['rows']:>10,} rows  {f['partitions']} days  {f['first']} .. {f['last']}")
 
 
 def main() -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
-from encore.core.workspace import Workspace
+from encore.core.schemas import FEATURE_TABLES
+from encore.core.workspace import Workspace, partitions
 
 
 def finalize_staged(root: Path) -> list[Path]:
@@ -35,12 +38,30 @@ def finalize_staged(root: Path) -> list[Path]:
     return sorted(leaves)
 
 
-def partitions(table: Path, key: str = "date") -> list[str]:
-    """Values of the hive partition ``key`` present under ``table`` (sorted)."""
-    if not table.is_dir():
-        return []
-    prefix = f"{key}="
-    return sorted(p.name[len(prefix):] for p in table.iterdir() if p.is_dir() and p.name.startswith(prefix))
+def _reencode_file(path: Path) -> tuple[int, dict[str, int]]:
+    # ParquetFile, not read_table: the latter would add the hive `date=` folder as a column.
+    table = pq.ParquetFile(path).read().replace_schema_metadata(None)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, compression="snappy")
+    os.replace(tmp, path)
+    return table.num_rows, {c: table.column(c).null_count for c in table.column_names}
+
+
+def reencode(root: Path) -> tuple[int, dict[str, int]]:
+    """Rewrite every parquet file under ``root`` with pyarrow; return (rows, nulls per column).
+
+    Spark's parquet writer puts a hash-set-ordered field in the footer, so the same rows give
+    different bytes in another JVM. pyarrow's output depends only on the table: after this, a rerun
+    in any process leaves byte-identical files.
+    """
+    files = sorted(root.rglob("*.parquet")) if root.is_dir() else []
+    rows, nulls = 0, {}
+    with ThreadPoolExecutor(max_workers=4) as pool:  # pyarrow releases the GIL while encoding
+        for n, counts in pool.map(_reencode_file, files):
+            rows += n
+            for c, k in counts.items():
+                nulls[c] = nulls.get(c, 0) + k
+    return rows, nulls
 
 
 def _dataset(path: Path) -> ds.Dataset | None:
@@ -83,4 +104,12 @@ def summarize(ws: Workspace) -> dict[str, Any]:
             counts = qd.to_table(columns=["reason"])["reason"].value_counts().to_pylist()
             q[table] = {c["values"]: c["counts"] for c in counts}
     out["quarantine"] = q
+    feats = {}
+    for table in FEATURE_TABLES:
+        days = partitions(ws.feature_table(table))
+        if days:
+            feats[table] = {"rows": ds.dataset(ws.feature_table(table), format="parquet",
+                                               partitioning="hive").count_rows(),
+                            "partitions": len(days), "first": days[0], "last": days[-1]}
+    out["features"] = feats
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,30 @@ def cfg(home: Path) -> EncoreConfig:
 def small_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, WorldStats]:
     out = tmp_path_factory.mktemp("world")
     return out, generate_world(SMALL_WORLD, out, progress=False)
+
+
+LISTENS_FILE = "userid-timestamp-artid-artname-traid-traname.tsv"
+
+
+def ingest_world(cfg: EncoreConfig, world: Path, listens: Path | None = None) -> None:
+    from jobs.ingest import IngestInputs, ingest
+
+    ingest(cfg, IngestInputs(listens=(listens or world / LISTENS_FILE,), catalog=world / "catalog.jsonl"))
+
+
+def copy_home(cfg: EncoreConfig, dest: Path) -> EncoreConfig:
+    """A private copy of a prepared workspace, for tests that write to it."""
+    shutil.copytree(cfg.home, dest, symlinks=True)
+    return make_config(dest)
+
+
+@pytest.fixture(scope="session")
+def featured_home(tmp_path_factory: pytest.TempPathFactory, small_world, spark) -> EncoreConfig:
+    """The small world ingested and its feature tables built once. Tests that write copy it first."""
+    from jobs.features import build_features
+
+    world, _ = small_world
+    cfg = make_config(tmp_path_factory.mktemp("featured") / "home")
+    ingest_world(cfg, world)
+    build_features(cfg)
+    return cfg

@@ -28,6 +28,8 @@ class Swap:
     staged: Path  # complete new version, written by this run
     live: Path  # what readers read
     trash: Path  # where the old version goes until the journal is closed
+    # Retire ``live`` without a replacement (a recomputed range that no longer has this partition).
+    delete: bool = False
 
 
 def _write_json_atomic(path: Path, data: object) -> None:
@@ -50,23 +52,31 @@ def publish(swaps: Sequence[Swap], journal: Path) -> None:
     if not swaps:
         return
     _write_json_atomic(
-        journal, [{"staged": str(s.staged), "live": str(s.live), "trash": str(s.trash)} for s in swaps]
+        journal,
+        [{"staged": str(s.staged), "live": str(s.live), "trash": str(s.trash), "delete": s.delete} for s in swaps],
     )
     _roll_forward(journal)
 
 
+def _retire(s: Swap) -> None:
+    """Move ``live`` to ``trash`` if it exists; a stale trash (never made by this code) must not block it."""
+    if s.live.exists():
+        if s.trash.exists():
+            shutil.rmtree(s.trash)
+        s.trash.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(s.live, s.trash)
+
+
 def _roll_forward(journal: Path) -> None:
-    entries = [Swap(Path(e["staged"]), Path(e["live"]), Path(e["trash"])) for e in json.loads(journal.read_text())]
+    entries = [Swap(Path(e["staged"]), Path(e["live"]), Path(e["trash"]), bool(e.get("delete", False)))
+               for e in json.loads(journal.read_text())]
     for i, s in enumerate(entries):
-        if s.staged.exists():
+        if s.delete:
+            _retire(s)
+        elif s.staged.exists():
             # States: (live, no trash) fresh; (no live, trash) killed between the two renames;
-            # (no live, no trash) a new partition. (live, trash) cannot arise from this code, but
-            # a stale trash must never block the swap.
-            if s.live.exists():
-                if s.trash.exists():
-                    shutil.rmtree(s.trash)
-                s.trash.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(s.live, s.trash)
+            # (no live, no trash) a new partition.
+            _retire(s)
             s.live.parent.mkdir(parents=True, exist_ok=True)
             os.rename(s.staged, s.live)
         if i == 0 and len(entries) > 1:

@@ -80,6 +80,16 @@ class IngestConfig(_Section):
     max_field_chars: int = Field(2048, ge=16, description="longest accepted id or name")
 
 
+class FeaturesConfig(_Section):
+    # A new session starts after a silence *longer* than this; a gap exactly at it continues the
+    # session. 30 min is the usual Last.fm convention (the paper's preset uses 20).
+    session_gap_minutes: int = Field(30, ge=1, le=24 * 60, description="gap that starts a new session")
+    # E4SRec-style models read the last N items; 50 is SASRec's max_seq_len on LastFM-scale data.
+    sequence_length: int = Field(50, ge=1, le=1000, description="items kept in a user's recent sequence")
+    # A listen that ended before half the track counts as a skip (Last.fm itself scrobbles at 50%).
+    skip_below: float = Field(0.5, gt=0, le=1, description="completion under this is a skip")
+
+
 class EncoreConfig(_Section):
     profile: str = Field("local", description="name shown in logs and reports")
     home: Path = Field(Path(".encore"), description="workspace: lake, Feast, MLflow, reports, outputs")
@@ -88,6 +98,7 @@ class EncoreConfig(_Section):
     feast: FeastConfig = Field(default_factory=FeastConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
 
     # -- derived values: kept as methods so the stored config stays exactly what the user wrote --
     def mlflow_tracking_uri(self) -> str:

@@ -35,6 +35,11 @@ CATALOG_OPTIONAL = ("track_id", "traid", "artid", "lyrics", "audio_path", "genes
 
 USER_COLUMNS = ("user_id", "gender", "age", "country", "registered")
 
+# Feature tables under lake/features/ (see jobs/features.py for the exact definitions).
+FEATURE_TABLES = ("listens", "sessions", "user_daily", "track_daily")
+SHORT_WINDOW_DAYS = 7
+LONG_WINDOW_DAYS = 30
+
 # Why a raw row went to quarantine. Every rejected row gets exactly one, checked in this order.
 LISTEN_REASONS = (
     "invalid_utf8",  # bytes that are not UTF-8 (raw bytes kept in `raw_bytes`)

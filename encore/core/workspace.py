@@ -3,6 +3,7 @@
     home/
       lake/bronze/{listens,tracks,users}/   parquet; listens partitioned by date=YYYY-MM-DD
       lake/quarantine/{listens,tracks,users}/  rejected raw rows with a reason, partitioned by source
+      lake/features/{listens,sessions,user_daily,track_daily}/  feature tables (Feast sources), by date
       feast/  mlflow/  reports/<job>/  outputs/
       tmp/{staging,trash,journal}/          same filesystem as the lake, so renames are atomic
 """
@@ -51,6 +52,13 @@ class Workspace:
 
     def quarantine(self, table: str) -> Path:
         return self.lake / "quarantine" / table
+
+    @property
+    def features(self) -> Path:
+        return self.lake / "features"
+
+    def feature_table(self, name: str) -> Path:
+        return self.features / name
 
     @property
     def feast(self) -> Path:
@@ -102,3 +110,11 @@ class Workspace:
             yield
         finally:
             os.close(fd)
+
+
+def partitions(table: Path, key: str = "date") -> list[str]:
+    """Values of the hive partition ``key`` present under ``table`` (sorted)."""
+    if not table.is_dir():
+        return []
+    prefix = f"{key}="
+    return sorted(p.name[len(prefix):] for p in table.iterdir() if p.is_dir() and p.name.startswith(prefix))

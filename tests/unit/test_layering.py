@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("jobs", "training", "scoring")
+STAGES = ("jobs", "feature_repo", "training", "scoring")
 
 
 def _imports(path: Path) -> set[str]:
@@ -38,10 +38,12 @@ def test_stages_import_neither_cli_nor_orchestrator(stage: str) -> None:
         assert not bad, f"{path.relative_to(REPO)} imports {bad}"
 
 
-def test_scoring_never_imports_training_and_jobs_never_import_later_stages() -> None:
+def test_scoring_never_imports_training_and_earlier_stages_never_import_later_ones() -> None:
     for path in (REPO / "scoring").rglob("*.py"):
         assert not {m for m in _imports(path) if _top(m) == "training"}, path
     for path in (REPO / "jobs").rglob("*.py"):
+        assert not {m for m in _imports(path) if _top(m) in ("feature_repo", "training", "scoring")}, path
+    for path in (REPO / "feature_repo").rglob("*.py"):
         assert not {m for m in _imports(path) if _top(m) in ("training", "scoring")}, path
 
 

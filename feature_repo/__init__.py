@@ -1,0 +1,1 @@
+"""The Feast repository (definitions) and its Python API (store.py)."""

@@ -1,0 +1,41 @@
+"""Feast sources: the parquet tables `encore features` writes under <home>/lake/features/.
+
+Which workspace and which offline store come from the Encore config: ``ENCORE_CONFIG`` /
+``ENCORE_HOME`` when set (``encore feast apply`` sets them), otherwise the embedded default at
+``../.encore``. The embedded DuckDB store reads the date partitions through a glob; the Spark
+store (cluster profile) reads the partitioned folder itself.
+"""
+
+import os
+from pathlib import Path
+
+from feast import FileSource
+from feast.data_format import ParquetFormat
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+from encore.core.config import load_config
+from encore.core.workspace import Workspace
+
+_DEFAULT_HOME = Path(__file__).resolve().parent.parent / ".encore"
+_cfg = (load_config() if os.environ.get("ENCORE_CONFIG") or os.environ.get("ENCORE_HOME")
+        else load_config(home=_DEFAULT_HOME))
+_ws = Workspace.at(_cfg.home)
+
+
+def _source(table: str, description: str) -> FileSource | SparkSource:
+    path = _ws.feature_table(table)
+    common = dict(
+        name=f"{table}_source",
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+        description=description,
+        tags={"team": "encore", "written_by": "jobs/features.py"},
+    )
+    if _cfg.feast.offline_store.type == "spark":
+        return SparkSource(path=str(path), file_format="parquet", **common)
+    return FileSource(path=f"{path}/date=*/*.parquet", file_format=ParquetFormat(), **common)
+
+
+user_daily_source = _source("user_daily", "User features as of the end of each day (change-point rows).")
+track_daily_source = _source("track_daily", "Track features as of the end of each day (change-point rows).")
+sessions_source = _source("sessions", "One row per session, stamped when the session is known to be over.")

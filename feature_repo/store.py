@@ -1,0 +1,243 @@
+"""The Python face of the Feast repo: apply, materialize, point-in-time training rows, online lookup.
+
+Every call renders ``<home>/feast/feature_store.yaml`` from the Encore config (DuckDB + SQLite
+embedded, Spark + Redis in the cluster profile) and opens the store from it, so the Python API and
+the ``feast`` CLI (pointed at the same file, see ``encore feast env``) see one registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.dataset as ds
+import yaml
+
+from encore.core.config import EncoreConfig, dump_yaml
+from encore.core.schemas import FEATURE_TABLES
+from encore.core.workspace import Workspace, partitions
+
+log = logging.getLogger(__name__)
+
+REPO_DIR = Path(__file__).resolve().parent
+# The modules `feast apply` imports from this folder, by the names it gives them (cwd-relative).
+_DEFINITION_MODULES = ("entities", "sources", "services", "views")
+# Which feature table feeds which view (for row counts in reports).
+VIEW_TABLES = {"user_daily": "user_daily", "user_session": "sessions", "track_daily": "track_daily"}
+
+
+class FeastError(RuntimeError):
+    """The feature store cannot do what was asked (nothing built yet, not applied); says what to run."""
+
+
+@dataclass
+class MaterializeReport:
+    end: str
+    seconds: float = 0.0
+    views: dict[str, dict[str, Any]] = field(default_factory=dict)  # view -> start, end, source rows
+
+
+def feast_files(cfg: EncoreConfig) -> tuple[Path, Path]:
+    """Write ``feature_store.yaml`` and the Encore config the repo modules read; return both paths."""
+    ws = Workspace.at(cfg.home)
+    ws.feast.mkdir(parents=True, exist_ok=True)
+    registry = cfg.feast_registry()
+    store: dict[str, Any] = {
+        "project": cfg.feast.project,
+        "provider": "local",
+        "registry": ({"registry_type": "sql", "path": registry} if "://" in registry and not registry.startswith(
+            ("file://", "s3://", "gs://")) else {"path": registry}),
+        "entity_key_serialization_version": 3,
+    }
+    off = cfg.feast.offline_store
+    if off.type == "spark":
+        store["offline_store"] = {"type": "spark", "spark_conf": {
+            "spark.master": cfg.spark.master, "spark.sql.session.timeZone": "UTC", **off.spark_conf}}
+    else:
+        store["offline_store"] = {"type": "duckdb"}
+    on = cfg.feast.online_store
+    if on.type == "redis":
+        store["online_store"] = {"type": "redis", "connection_string": on.connection_string or "localhost:6379"}
+    else:
+        store["online_store"] = {"type": "sqlite", "path": str(ws.feast / "online.db")}
+    fs_yaml = ws.feast / "feature_store.yaml"
+    encore_yaml = ws.feast / "encore.yaml"
+    _write_if_changed(fs_yaml, "# Rendered by encore from its config; do not edit.\n"
+                      + yaml.safe_dump(store, sort_keys=False))
+    _write_if_changed(encore_yaml, dump_yaml(cfg))
+    return fs_yaml, encore_yaml
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _repo_env(cfg: EncoreConfig) -> Iterator[Path]:
+    """Point the repo modules at ``cfg`` and import them afresh; restore cwd, env and sys.path after."""
+    fs_yaml, encore_yaml = feast_files(cfg)
+    saved_env = {k: os.environ.get(k) for k in ("ENCORE_CONFIG", "ENCORE_HOME")}
+    saved_cwd, saved_path = os.getcwd(), list(sys.path)
+    os.environ["ENCORE_CONFIG"] = str(encore_yaml)
+    os.environ["ENCORE_HOME"] = str(Path(cfg.home).resolve())
+    # Modules imported for another workspace would keep its paths: drop them so feast re-imports.
+    for name in [m for m in sys.modules if m.split(".")[0] in _DEFINITION_MODULES]:
+        del sys.modules[name]
+    sys.path.insert(0, str(REPO_DIR))
+    try:
+        yield fs_yaml
+    finally:
+        os.chdir(saved_cwd)  # feast's apply_total changes directory
+        sys.path[:] = saved_path
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _require_tables(ws: Workspace) -> None:
+    missing = [t for t in FEATURE_TABLES if not partitions(ws.feature_table(t))]
+    if missing:
+        raise FeastError(f"no feature table(s) {', '.join(missing)} under {ws.features}: run `encore features` first")
+
+
+def apply(cfg: EncoreConfig) -> dict[str, list[str]]:
+    """``feast apply`` for this workspace: register entities, sources, views and services."""
+    from feast.repo_config import load_repo_config
+    from feast.repo_operations import apply_total
+
+    _require_tables(Workspace.at(cfg.home))
+    with _repo_env(cfg) as fs_yaml:
+        repo_config = load_repo_config(REPO_DIR, fs_yaml)
+        with _quiet_stdout():
+            # Source validation stats the path, which fails on a glob; _require_tables checked them.
+            apply_total(repo_config, REPO_DIR, skip_source_validation=True)
+    store = open_store(cfg)
+    return {
+        "entities": sorted(e.name for e in store.list_entities()),
+        "feature_views": sorted(v.name for v in store.list_feature_views()),
+        "feature_services": sorted(s.name for s in store.list_feature_services()),
+    }
+
+
+def open_store(cfg: EncoreConfig) -> Any:
+    """A ``feast.FeatureStore`` on this workspace's registry (``apply`` must have run)."""
+    from feast import FeatureStore
+    from feast.repo_config import load_repo_config
+
+    fs_yaml, _ = feast_files(cfg)
+    store = FeatureStore(config=load_repo_config(REPO_DIR, fs_yaml))
+    views = store.list_feature_views()
+    if not views:
+        raise FeastError(f"Feast registry {cfg.feast_registry()} has no feature views: run `encore feast apply`")
+    here = str(Workspace.at(cfg.home).features)
+    elsewhere = [v.name for v in views if not str(getattr(v.batch_source, "path", here)).startswith(here)]
+    if elsewhere:  # a copied or moved workspace: its registry still names the old tables
+        raise FeastError(f"feature views {', '.join(elsewhere)} read tables outside {here}: "
+                         "run `encore feast apply` for this workspace")
+    return store
+
+
+def _day_end(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=1)
+
+
+def _source_rows(path: Path, start: datetime | None, end: datetime) -> int:
+    if not partitions(path):
+        return 0
+    t = ds.dataset(path, format="parquet", partitioning="hive")
+    cond = ds.field("event_timestamp") <= pd.Timestamp(end)
+    if start is not None:
+        cond = cond & (ds.field("event_timestamp") >= pd.Timestamp(start))  # feast: both ends inclusive
+    return t.count_rows(filter=cond)
+
+
+def materialize(cfg: EncoreConfig, end: date | None = None, views: Sequence[str] | None = None) -> MaterializeReport:
+    """Load the online store with every view's latest rows up to the end of day ``end``.
+
+    Incremental: each view continues from where its last materialization stopped (the first one
+    starts a TTL before ``end``). Default ``end``: the last day the feature tables hold - wall-clock
+    "now" would be wrong for a lake whose data is from another year. ``views``: only these.
+    """
+    ws = Workspace.at(cfg.home)
+    _require_tables(ws)
+    store = open_store(cfg)
+    last = max(date.fromisoformat(partitions(ws.feature_table(t))[-1]) for t in VIEW_TABLES.values())
+    end_ts = _day_end(end or last)
+    report = MaterializeReport(end=end_ts.isoformat())
+    t0 = time.perf_counter()
+    chosen = [v for v in store.list_feature_views() if views is None or v.name in views]
+    unknown = set(views or ()) - {v.name for v in chosen}
+    if unknown:
+        raise FeastError(f"no feature view(s) {', '.join(sorted(unknown))}; have {', '.join(sorted(VIEW_TABLES))}")
+    for fv in sorted(chosen, key=lambda v: v.name):
+        # Feast's own incremental mode starts a first run at wall-clock now - ttl, which skips a
+        # lake whose data lies in the past: start from the data's end instead.
+        start = fv.most_recent_end_time or (end_ts - fv.ttl)
+        if start >= end_ts:
+            report.views[fv.name] = {"start": start.isoformat(), "end": end_ts.isoformat(), "source_rows": 0}
+            continue
+        with _quiet_stdout():
+            store.materialize(start_date=start, end_date=end_ts, feature_views=[fv.name])
+        report.views[fv.name] = {
+            "start": start.isoformat(), "end": end_ts.isoformat(),
+            "source_rows": _source_rows(ws.feature_table(VIEW_TABLES[fv.name]), start, end_ts),
+        }
+        log.info("materialized %s: %s .. %s", fv.name, start, end_ts)
+    report.seconds = round(time.perf_counter() - t0, 3)
+    return report
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Feast prints coloured banners to stdout; keep them as debug log lines, not in our output."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield
+    for line in buf.getvalue().splitlines():
+        if line.strip():
+            log.debug("feast: %s", line)
+
+
+def training_examples(cfg: EncoreConfig, entity_df: pd.DataFrame, service: str = "training") -> pd.DataFrame:
+    """Point-in-time-correct features for each (user_id, event_timestamp) row of ``entity_df``.
+
+    Each row gets the values of the latest feature rows stamped at or before its timestamp (and
+    within the view's TTL); nothing written later can appear. Columns are ``<view>__<feature>``.
+    """
+    missing = {"user_id", "event_timestamp"} - set(entity_df.columns)
+    if missing:
+        raise ValueError(f"entity_df lacks column(s) {sorted(missing)}")
+    df = entity_df.copy()
+    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+    df["_row"] = range(len(df))  # the offline store may reorder rows; give them back in input order
+    store = open_store(cfg)
+    job = store.get_historical_features(entity_df=df, features=store.get_feature_service(service),
+                                        full_feature_names=True)
+    return job.to_df().sort_values("_row").drop(columns="_row").reset_index(drop=True)
+
+
+def online_features(cfg: EncoreConfig, user_ids: Sequence[str], service: str = "scoring") -> pd.DataFrame:
+    """The online store's current values for ``user_ids`` (one row each, in order; nulls if unknown)."""
+    store = open_store(cfg)
+    resp = store.get_online_features(features=store.get_feature_service(service),
+                                     entity_rows=[{"user_id": u} for u in user_ids], full_feature_names=True)
+    return pd.DataFrame(resp.to_dict())
+
+
+__all__ = ["FeastError", "MaterializeReport", "apply", "feast_files", "materialize", "online_features",
+           "open_store", "training_examples"]

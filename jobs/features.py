@@ -1,0 +1,523 @@
+"""Bronze listens -> feature tables (PySpark), each a Feast source partitioned by ``date``.
+
+    lake/features/listens/date=D/      one row per listen of day D: session, position, completion
+    lake/features/sessions/date=D/     one row per session whose end is known on day D
+    lake/features/user_daily/date=D/   user features as of the end of day D
+    lake/features/track_daily/date=D/  track features as of the end of day D
+
+Definitions (the contract the Feast views, the tests and ``bench/features.py`` share):
+
+* Listens of a user are ordered by (ts, track_id, artist_id, artist_name, track_name). A session
+  starts at a user's first listen and after every gap *longer* than ``session_gap_minutes``.
+  ``session_id`` = "s-" + sha1(user_id + U+001F + unix seconds of the session start)[:20];
+  ``position`` is 1-based inside the session.
+* ``completion`` = min(1, (next_ts - ts) / duration_s) where next_ts is the next listen of the same
+  session. Null (unknown, never 0) for the last listen of a session and for tracks with no known
+  duration. Same-second listens give 0: the next one started at once.
+* Sessions: ``event_timestamp`` = last listen start + the gap, the moment the session is known to
+  be over. length, duration_s (first to last start), mean_completion and skip_share (share of
+  known completions below ``skip_below``) over known completions (null when none), distinct_artists.
+* Daily tables hold values **as of the end of day D** (``event_timestamp`` = D+1 00:00 UTC): the
+  7-day window is days D-6..D, the 30-day window D-29..D, and a completion counts only once its
+  next listen has happened (next_ts < D+1 00:00). A row is written on each day a value can change
+  (a play, a completion becoming known, a play leaving a window); Feast's as-of join returns the
+  latest row, so every day's value is exact with far fewer rows than users x days.
+* user_daily: plays_7d, plays_30d, days_active_30d, mean_completion_30d, top_artist_share (share
+  of the most frequent artist in the recent sequence), recent_track_ids / recent_completions (the
+  last ``sequence_length`` listens, oldest first; NaN where the completion is not known as of D -
+  always so for the last one, whose next listen lies after the day).
+* track_daily: plays_7d, plays_30d, listeners_7d, listeners_30d, mean_completion_30d, first_seen
+  (midnight UTC of the first day anyone played it; an age would go stale between change rows, so
+  consumers subtract it from their own timestamp).
+
+Sums of completions are kept in integer micro-units, so they do not depend on the order Spark
+adds them in: the same input gives the same values, whichever partitions a run recomputes.
+
+A run covers a range of days [start, end] and reads only what those days need: listens from
+start-31 to end+1 (the windows, completions that cross midnight) plus each user's last
+``sequence_length`` listens before that (sequences, session starts). Partitions are staged, made
+deterministic (pyarrow re-encode: same rows, same bytes, in any process), and swapped in with the
+journaled publication of ``encore.core.atomic``; partitions outside the range are not touched.
+Without a range, the run recomputes from the first bronze day that changed since the last run.
+A session longer than the 31-day lookback (nonstop listening for a month) would be cut there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from encore.core import atomic, faults
+from encore.core.config import EncoreConfig, FeaturesConfig
+from encore.core.schemas import FEATURE_TABLES, LONG_WINDOW_DAYS, SHORT_WINDOW_DAYS
+from encore.core.workspace import Workspace
+from jobs.lake import finalize_staged, partitions, reencode
+from jobs.spark import get_spark
+
+log = logging.getLogger(__name__)
+
+LOOKBACK_DAYS = LONG_WINDOW_DAYS + 1  # the 30-day window, plus a day for completions crossing midnight
+MICRO = 1_000_000  # completion sums are integers in these units
+LISTEN_ORDER = ("ts", "track_id", "artist_id", "artist_name", "track_name")  # unique per user
+
+
+class FeaturesError(RuntimeError):
+    """The feature job cannot run (no bronze listens, a bad range); nothing was written."""
+
+
+@dataclass
+class TableStats:
+    rows: int = 0
+    partitions_written: int = 0
+    partitions_removed: int = 0
+    nulls: dict[str, int] = field(default_factory=dict)  # column -> null (or NaN-free empty) count
+
+
+@dataclass
+class FeaturesReport:
+    run_id: str
+    started_at: str
+    mode: str  # "incremental" | "backfill" | "up-to-date"
+    start: str | None = None
+    end: str | None = None
+    seconds: float = 0.0
+    recovered_publications: int = 0
+    listens_read: int = 0
+    completion_unknown_last_of_session: int = 0  # listens in range whose session ends with them
+    completion_unknown_duration: int = 0  # listens in range whose track has no known duration
+    tables: dict[str, TableStats] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- reading
+def _read_listens(spark: SparkSession, ws: Workspace, days: list[str]) -> DataFrame:
+    paths = [str(ws.listens / f"date={d}") for d in days]
+    return (spark.read.option("basePath", str(ws.listens)).parquet(*paths)
+            .select("user_id", "ts", "track_id", "artist_id", "artist_name", "track_name"))
+
+
+def _inputs(spark: SparkSession, ws: Workspace, start: date, end: date, n_seq: int) -> DataFrame:
+    """Listens of days start-31..end+1, plus each user's last ``n_seq`` listens before those days.
+
+    Adds ``tail`` (true for the context rows before the lookback): they seed sessions and
+    sequences but feed no window.
+    """
+    have = partitions(ws.listens)
+    lo, hi = (start - timedelta(days=LOOKBACK_DAYS)).isoformat(), (end + timedelta(days=1)).isoformat()
+    inside = [d for d in have if lo <= d <= hi]
+    before = [d for d in have if d < lo]
+    df = _read_listens(spark, ws, inside).withColumn("tail", F.lit(False))
+    if before:
+        # Only the newest n_seq listens per user matter; a window keeps them without a full sort.
+        w = Window.partitionBy("user_id").orderBy(*[F.col(c).desc() for c in LISTEN_ORDER])
+        tail = (_read_listens(spark, ws, before).withColumn("_k", F.row_number().over(w))
+                .filter(F.col("_k") <= n_seq).drop("_k").withColumn("tail", F.lit(True)))
+        df = df.unionByName(tail)
+    return df
+
+
+# --------------------------------------------------------------------------- sessions and completion
+def sessionize(listens: DataFrame, durations: DataFrame, fcfg: FeaturesConfig) -> DataFrame:
+    """Add session_id, position, rn (1-based order per user), next_ts and completion to ``listens``.
+
+    ``listens``: user_id, ts, track_id, artist_id, artist_name, track_name (+ any extra columns).
+    ``durations``: track_id, duration_s (null or > 0).
+    """
+    gap = fcfg.session_gap_minutes * 60
+    w = Window.partitionBy("user_id").orderBy(*LISTEN_ORDER)
+    running = w.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    sec = F.unix_seconds("ts")
+    df = (listens.join(F.broadcast(durations), "track_id", "left")
+          .withColumn("rn", F.row_number().over(w))
+          .withColumn("_prev", F.lag(sec).over(w))
+          .withColumn("_next", F.lead("ts").over(w)))
+    new = F.col("_prev").isNull() | ((sec - F.col("_prev")) > gap)
+    df = (df.withColumn("_start_rn", F.max(F.when(new, F.col("rn"))).over(running))
+          .withColumn("_start", F.max(F.when(new, sec)).over(running)))
+    in_session = F.col("_next").isNotNull() & ((F.unix_seconds("_next") - sec) <= gap)
+    next_ts = F.when(in_session, F.col("_next"))
+    elapsed = F.unix_seconds("_next") - sec
+    completion = F.when(in_session & F.col("duration_s").isNotNull(),
+                        F.least(F.lit(1.0), elapsed / F.col("duration_s")))
+    sid = F.concat(F.lit("s-"), F.substring(F.sha1(F.concat_ws("\u001f", "user_id", F.col("_start").cast("string"))
+                                                   .cast("binary")), 1, 20))
+    return (df.withColumn("session_id", sid)
+            .withColumn("position", (F.col("rn") - F.col("_start_rn") + 1).cast("int"))
+            .withColumn("next_ts", next_ts)
+            .withColumn("completion", completion)
+            .drop("_prev", "_next", "_start_rn", "_start"))
+
+
+def _micro(c: Column) -> Column:
+    return F.round(c * MICRO).cast("long")
+
+
+def _sessions(lis: DataFrame, fcfg: FeaturesConfig, created: Column) -> DataFrame:
+    known = F.col("completion").isNotNull()
+    agg = lis.groupBy("user_id", "session_id").agg(
+        F.min("ts").alias("start_ts"), F.max("ts").alias("end_ts"), F.count(F.lit(1)).cast("int").alias("length"),
+        F.sum(F.when(known, _micro(F.col("completion")))).alias("_csum"),
+        F.sum(known.cast("int")).alias("_known"),
+        F.sum((known & (F.col("completion") < fcfg.skip_below)).cast("int")).alias("_skips"),
+        F.count_distinct("artist_id").cast("int").alias("distinct_artists"),
+    )
+    ev = F.timestamp_seconds(F.unix_seconds("end_ts") + fcfg.session_gap_minutes * 60)
+    return agg.select(
+        "user_id", "session_id", "start_ts", "end_ts", "length",
+        (F.unix_seconds("end_ts") - F.unix_seconds("start_ts")).alias("duration_s"),
+        F.when(F.col("_known") > 0, F.col("_csum") / F.col("_known") / MICRO).alias("mean_completion"),
+        F.when(F.col("_known") > 0, F.col("_skips") / F.col("_known")).alias("skip_share"),
+        "distinct_artists", ev.alias("event_timestamp"), created.alias("created"),
+        F.to_date(ev).alias("date"),
+    )
+
+
+# --------------------------------------------------------------------------- as-of-day windows
+def _day_plus(c: str | Column, n: int) -> Column:
+    return F.date_add(F.col(c) if isinstance(c, str) else c, n)
+
+
+def _window_events(lis: DataFrame, key: str) -> DataFrame:
+    """Deltas per (key, day) whose running sum over days is each window's value as of that day.
+
+    A play on day X enters the 7-day window on X and leaves it on X+7 (30: X+30). A completion
+    enters the 30-day mean on the day its next listen happened (K = date(next_ts)) and leaves on X+30.
+    """
+    day = F.to_date("ts")
+    plays = lis.groupBy(key, day.alias("x")).agg(F.count(F.lit(1)).alias("n"))
+    z = F.lit(0).cast("long")
+    ev = [
+        plays.select(key, F.col("x").alias("day"), F.col("n").alias("p7"), F.col("n").alias("p30"),
+                     F.lit(1).cast("long").alias("a30"), z.alias("cs"), z.alias("cn")),
+        plays.select(key, _day_plus("x", SHORT_WINDOW_DAYS).alias("day"), -F.col("n"), z, z, z, z),
+        plays.select(key, _day_plus("x", LONG_WINDOW_DAYS).alias("day"), z, -F.col("n"),
+                     F.lit(-1).cast("long"), z, z),
+    ]
+    comp = lis.filter(F.col("completion").isNotNull()).select(
+        key, day.alias("x"), F.to_date("next_ts").alias("k"), _micro(F.col("completion")).alias("m"))
+    ev += [
+        comp.select(key, F.col("k").alias("day"), z, z, z, F.col("m"), F.lit(1).cast("long")),
+        comp.select(key, _day_plus("x", LONG_WINDOW_DAYS).alias("day"), z, z, z, -F.col("m"),
+                    F.lit(-1).cast("long")),
+    ]
+    out = ev[0]
+    for e in ev[1:]:
+        out = out.union(e)  # positional: every select above lists the same seven columns in order
+    return out
+
+
+def _running(events: DataFrame, key: str, cols: list[str]) -> DataFrame:
+    """Sum deltas per (key, day), then take running sums over days: the as-of-day values."""
+    daily = events.groupBy(key, "day").agg(*[F.sum(c).alias(c) for c in cols])
+    w = Window.partitionBy(key).orderBy("day").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    return daily.select(key, "day", *[F.sum(c).over(w).alias(c) for c in cols])
+
+
+def _listener_events(lis: DataFrame) -> DataFrame:
+    """+1/-1 per (track, day) so that the running sum counts distinct listeners in each window.
+
+    A listener is inside the W-day window of day D if they played the track on some day in
+    D-W+1..D. Per (track, user), each play day X opens an interval unless the previous play day
+    was less than W days before, and closes it at X+W unless the next play day comes sooner.
+    """
+    d = lis.select("track_id", "user_id", F.to_date("ts").alias("x")).distinct()
+    w = Window.partitionBy("track_id", "user_id").orderBy("x")
+    d = d.withColumn("_p", F.lag("x").over(w)).withColumn("_n", F.lead("x").over(w))
+    z = F.lit(0).cast("long")
+    parts = []
+    for width, col in ((SHORT_WINDOW_DAYS, "l7"), (LONG_WINDOW_DAYS, "l30")):
+        one = F.lit(1).cast("long")
+        opens = d.filter(F.col("_p").isNull() | (F.datediff("x", "_p") >= width))
+        closes = d.filter(F.col("_n").isNull() | (F.datediff("_n", "x") >= width))
+        parts.append(opens.select("track_id", F.col("x").alias("day"), one if col == "l7" else z,
+                                  one if col == "l30" else z))
+        parts.append(closes.select("track_id", _day_plus("x", width).alias("day"), -one if col == "l7" else z,
+                                   -one if col == "l30" else z))
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.union(p)
+    return out.toDF("track_id", "day", "l7", "l30")
+
+
+def _sequences(lis_all: DataFrame, first_day: date, n_seq: int) -> DataFrame:
+    """The last ``n_seq`` listens as of the end of each active day >= ``first_day``, per user.
+
+    Columns: user_id, day, recent_track_ids array<string>, recent_completions array<float>,
+    top_artist_share. Built inside one row per user (its listens as a sorted array) so that each
+    day's sequence is a slice, not a join of every day with every earlier listen.
+    """
+    item = F.struct("rn", "track_id", "artist_id", F.col("completion").cast("float").alias("c"))
+    per_user = lis_all.groupBy("user_id").agg(F.sort_array(F.collect_list(item)).alias("arr"),
+                                              F.min("rn").alias("rn0"))
+    days = (lis_all.filter(~F.col("tail") & (F.to_date("ts") >= F.lit(first_day)))
+            .groupBy("user_id", F.to_date("ts").alias("day")).agg(F.max("rn").alias("last_rn"))
+            .groupBy("user_id").agg(F.collect_list(F.struct("day", "last_rn")).alias("days")))
+    n = n_seq
+    sliced = per_user.join(days, "user_id").select("user_id", F.explode(F.expr(f"""
+        transform(days, d -> struct(
+            d.day AS day,
+            slice(arr, greatest(d.last_rn - rn0 + 1 - {n} + 1, 1),
+                  least({n}, d.last_rn - rn0 + 1)) AS seq))""")).alias("s"))
+    seq = F.col("s.seq")
+    # NaN marks "not known as of the day": a last-of-session null, and always the final item.
+    comps = F.transform(seq, lambda x, i: F.when(i == F.size(seq) - 1, F.lit(float("nan")))
+                        .otherwise(F.coalesce(x["c"], F.lit(float("nan")))).cast("float"))
+    artists = F.transform(seq, lambda x: x["artist_id"])
+    top = F.array_max(F.transform(F.array_distinct(artists),
+                                  lambda a: F.size(F.filter(artists, lambda b: b == a)))) / F.size(artists)
+    return sliced.select("user_id", F.col("s.day").alias("day"),
+                         F.transform(seq, lambda x: x["track_id"]).alias("recent_track_ids"),
+                         comps.alias("recent_completions"), top.alias("top_artist_share"))
+
+
+def _in_range(c: Column, start: date, end: date) -> Column:
+    return (c >= F.lit(start)) & (c <= F.lit(end))
+
+
+def _day_end(day: Column) -> Column:
+    return F.to_utc_timestamp(F.date_add(day, 1).cast("timestamp"), "UTC")
+
+
+def _mean_completion(cs: str = "cs", cn: str = "cn") -> Column:
+    return F.when(F.col(cn) > 0, F.col(cs) / F.col(cn) / MICRO)
+
+
+def _user_daily(lis: DataFrame, lis_all: DataFrame, fcfg: FeaturesConfig, start: date, end: date,
+                created: Column) -> DataFrame:
+    vals = _running(_window_events(lis, "user_id"), "user_id", ["p7", "p30", "a30", "cs", "cn"])
+    seqs = _sequences(lis_all, start - timedelta(days=LOOKBACK_DAYS), fcfg.sequence_length)
+    w = Window.partitionBy("user_id").orderBy("day").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    joined = vals.join(seqs, ["user_id", "day"], "left")
+    filled = joined.select(
+        "user_id", "day", "p7", "p30", "a30", "cs", "cn",
+        *[F.last(c, ignorenulls=True).over(w).alias(c)
+          for c in ("recent_track_ids", "recent_completions", "top_artist_share")])
+    return filled.filter(_in_range(F.col("day"), start, end)).select(
+        "user_id",
+        F.col("p7").cast("int").alias("plays_7d"), F.col("p30").cast("int").alias("plays_30d"),
+        F.col("a30").cast("int").alias("days_active_30d"), _mean_completion().alias("mean_completion_30d"),
+        "top_artist_share", "recent_track_ids", "recent_completions",
+        _day_end(F.col("day")).alias("event_timestamp"), created.alias("created"), F.col("day").alias("date"))
+
+
+def _track_daily(lis: DataFrame, first_seen: DataFrame, start: date, end: date, created: Column) -> DataFrame:
+    vals = _running(_window_events(lis, "track_id"), "track_id", ["p7", "p30", "cs", "cn"])
+    listeners = _running(_listener_events(lis), "track_id", ["l7", "l30"])
+    w = Window.partitionBy("track_id").orderBy("day").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    # Listener events fall on play days and window exits, a subset of the play events' days, but
+    # are carried forward anyway so a day with only play events still sees the current count.
+    both = vals.join(listeners, ["track_id", "day"], "full").select(
+        "track_id", "day",
+        *[F.last(c, ignorenulls=True).over(w).alias(c) for c in ("p7", "p30", "cs", "cn", "l7", "l30")])
+    return (both.filter(_in_range(F.col("day"), start, end))
+            .join(first_seen, "track_id", "left")
+            .select("track_id",
+                    F.col("p7").cast("int").alias("plays_7d"), F.col("p30").cast("int").alias("plays_30d"),
+                    F.coalesce("l7", F.lit(0)).cast("int").alias("listeners_7d"),
+                    F.coalesce("l30", F.lit(0)).cast("int").alias("listeners_30d"),
+                    _mean_completion().alias("mean_completion_30d"),
+                    "first_seen",
+                    _day_end(F.col("day")).alias("event_timestamp"), created.alias("created"),
+                    F.col("day").alias("date")))
+
+
+# --------------------------------------------------------------------------- incremental state
+def _fingerprints(ws: Workspace) -> dict[str, str]:
+    """date -> fingerprint of its bronze listens files; ingest rewrites a day only when it changes."""
+    out = {}
+    for d in partitions(ws.listens):
+        files = sorted((ws.listens / f"date={d}").glob("*.parquet"))
+        out[d] = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    return out
+
+
+def _state_path(ws: Workspace) -> Path:
+    return ws.features / "_state.json"
+
+
+def _config_key(fcfg: FeaturesConfig) -> dict[str, Any]:
+    return fcfg.model_dump(mode="json")
+
+
+def plan_range(ws: Workspace, fcfg: FeaturesConfig, start: date | None, end: date | None
+               ) -> tuple[str, date, date] | None:
+    """Decide which days to compute: the explicit range, or everything from the first changed day.
+
+    Returns (mode, start, end) or None when nothing changed since the last run. ``end`` is clipped
+    to the last bronze day: rows for days the lake has not seen yet would claim a future.
+    """
+    days = partitions(ws.listens)
+    if not days:
+        raise FeaturesError(f"no bronze listens under {ws.listens}: run `encore ingest` first")
+    first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
+    if start is not None or end is not None:
+        s = start or first
+        e = min(end or last, last)
+        if end is not None and start is not None and end < start:
+            raise FeaturesError(f"--end {end} is before --start {start}")
+        if s > e:
+            raise FeaturesError(f"range {s}..{end} holds no bronze day (lake has {first}..{last})")
+        return "backfill", s, e
+    state_file = _state_path(ws)
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if state.get("config") != _config_key(fcfg):
+        return "incremental", first, last  # first run, or the definitions changed: everything
+    old, now = state.get("bronze", {}), _fingerprints(ws)
+    changed = sorted(d for d in set(old) | set(now) if old.get(d) != now.get(d))
+    if not changed:
+        return None
+    # A changed day moves every later day's windows and sequences; completions reach one day back.
+    s = max(first, date.fromisoformat(changed[0]) - timedelta(days=1))
+    return "incremental", s, last
+
+
+def _save_state(ws: Workspace, fcfg: FeaturesConfig, start: date, end: date) -> None:
+    """Remember which bronze days the feature tables now reflect.
+
+    Days after ``start`` are up to date when the run reached the lake's last day; otherwise (a
+    backfill that stopped short) later days may still be stale, so their old fingerprints stay.
+    """
+    state_file = _state_path(ws)
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    now = _fingerprints(ws)
+    days = sorted(now)
+    if end.isoformat() < days[-1]:
+        return  # later days may depend on what changed inside the range: leave them marked stale
+    # A bronze day d feeds feature days d-1 onwards, so d is reflected once d-1 was recomputed.
+    lo = days[0] if start.isoformat() <= days[0] else (start + timedelta(days=1)).isoformat()
+    if state.get("config") != _config_key(fcfg):
+        if lo != days[0]:
+            return  # a partial backfill over tables built with other settings proves nothing
+        state = {"config": _config_key(fcfg), "bronze": {}}
+    bronze = {d: fp for d, fp in state.get("bronze", {}).items() if d < lo}
+    bronze.update({d: fp for d, fp in now.items() if d >= lo})
+    state["bronze"] = bronze
+    atomic.write_json_atomic(state_file, state)
+
+
+# --------------------------------------------------------------------------- writing
+# Row order inside each partition file: a unique key, so the same rows always give the same bytes.
+SORT_KEYS = {
+    "listens": ("user_id", "ts", "position"),
+    "sessions": ("user_id", "start_ts"),
+    "user_daily": ("user_id",),
+    "track_daily": ("track_id",),
+}
+
+
+def _stage_table(df: DataFrame, name: str, stage: Path, ws: Workspace, start: date, end: date,
+                 stats: TableStats) -> list[atomic.Swap]:
+    out = stage / name
+    (df.repartition("date").sortWithinPartitions("date", *SORT_KEYS[name])
+     .write.partitionBy("date").parquet(str(out)))
+    finalize_staged(out)
+    staged = set(partitions(out)) if out.is_dir() else set()
+    stats.rows, stats.nulls = reencode(out)  # deterministic bytes in any process
+    live = ws.feature_table(name)
+    swaps = [atomic.Swap(out / f"date={d}", live / f"date={d}", ws.trash / stage.name / name / f"date={d}")
+             for d in sorted(staged)]
+    lo, hi = start.isoformat(), end.isoformat()
+    gone = [d for d in partitions(live) if lo <= d <= hi and d not in staged]
+    swaps += [atomic.Swap(out / f"date={d}", live / f"date={d}", ws.trash / stage.name / name / f"date={d}",
+                          delete=True) for d in gone]
+    stats.partitions_written, stats.partitions_removed = len(staged), len(gone)
+    return swaps
+
+
+def new_run_id() -> str:
+    import uuid
+
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def build_features(cfg: EncoreConfig, start: date | None = None, end: date | None = None) -> FeaturesReport:
+    """Compute the feature tables for [start, end] (a backfill) or whatever changed (incremental)."""
+    t0 = time.perf_counter()
+    run_id = new_run_id()
+    ws = Workspace.at(cfg.home)
+    fcfg = cfg.features
+    with ws.lock("lake"):
+        recovered = atomic.recover(ws.journals)
+        shutil.rmtree(ws.tmp / "staging", ignore_errors=True)
+        plan = plan_range(ws, fcfg, start, end)
+        report = FeaturesReport(run_id=run_id, started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                                mode="up-to-date" if plan is None else plan[0], recovered_publications=recovered)
+        if plan is not None:
+            _, s, e = plan
+            report.start, report.end = s.isoformat(), e.isoformat()
+            log.info("features %s: %s %s..%s", run_id, report.mode, s, e)
+            _run(cfg, ws, s, e, ws.staging(run_id), report)
+            _save_state(ws, fcfg, s, e)
+        else:
+            log.info("features %s: every bronze day is already reflected; nothing to do", run_id)
+        report.seconds = round(time.perf_counter() - t0, 3)
+        reports = ws.reports("features")
+        atomic.write_json_atomic(reports / f"{run_id}.json", report.to_dict())
+        atomic.write_json_atomic(reports / "latest.json", report.to_dict())
+    return report
+
+
+def _run(cfg: EncoreConfig, ws: Workspace, start: date, end: date, stage: Path, report: FeaturesReport) -> None:
+    spark = get_spark(cfg.spark)
+    fcfg = cfg.features
+    stage.mkdir(parents=True)
+    raw = _inputs(spark, ws, start, end, fcfg.sequence_length)
+    durations = (spark.read.parquet(str(ws.tracks)).select("track_id", "duration_s")
+                 if ws.tracks.is_dir() and any(ws.tracks.glob("*.parquet"))
+                 else spark.createDataFrame([], "track_id string, duration_s double"))
+    lis_all = sessionize(raw, durations, fcfg).persist()
+    lis = lis_all.filter(~F.col("tail"))
+    day = F.to_date("ts")
+    in_range = lis.filter(_in_range(day, start, end))
+    inside = _in_range(day, start, end)
+    # One pass for the report's counts and `created` (the newest listen this run read: derived from
+    # the data, so a rerun on the same lake writes the same bytes, and it moves when inputs do).
+    counts = lis.agg(
+        F.count(F.lit(1)).alias("read"), F.max("ts").alias("newest"),
+        F.sum((inside & F.col("next_ts").isNull()).cast("int")).alias("last"),
+        F.sum((inside & F.col("duration_s").isNull()).cast("int")).alias("nodur")).first()
+    created = F.lit(counts["newest"])
+    report.listens_read = int(counts["read"])
+    report.completion_unknown_last_of_session = int(counts["last"] or 0)
+    report.completion_unknown_duration = int(counts["nodur"] or 0)
+    first_seen = (_read_listens(spark, ws, partitions(ws.listens)).groupBy("track_id")
+                  .agg(F.to_date(F.min("ts")).cast("timestamp").alias("first_seen")))
+    tables = {
+        "listens": in_range.select(
+            "user_id", "ts", "track_id", "artist_id", "session_id", "position", "duration_s", "next_ts",
+            "completion", F.col("ts").alias("event_timestamp"), created.alias("created"), day.alias("date")),
+        "sessions": _sessions(lis, fcfg, created).filter(_in_range(F.col("date"), start, end)),
+        "user_daily": _user_daily(lis, lis_all, fcfg, start, end, created),
+        "track_daily": _track_daily(lis, first_seen, start, end, created),
+    }
+    swaps: list[atomic.Swap] = []
+    for name in FEATURE_TABLES:
+        stats = report.tables.setdefault(name, TableStats())
+        swaps += _stage_table(tables[name], name, stage, ws, start, end, stats)
+        log.info("features: %s %d rows in %d partitions (%d removed)", name, stats.rows,
+                 stats.partitions_written, stats.partitions_removed)
+    lis_all.unpersist()
+    faults.point("features.staged")
+    atomic.publish(swaps, ws.journals / f"{stage.name}.json")
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.rmtree(ws.trash / stage.name, ignore_errors=True)
+
+
+def latest_report(ws: Workspace) -> dict[str, Any] | None:
+    p = ws.reports("features") / "latest.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+__all__ = ["FeaturesError", "FeaturesReport", "build_features", "latest_report", "plan_range", "sessionize"]

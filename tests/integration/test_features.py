@@ -1,0 +1,254 @@
+"""Feature jobs: sessions and completion on hand-checked rows, every daily value against the plain
+definitions, backfill isolation and idempotence, incremental runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+
+from encore.core.config import EncoreConfig, FeaturesConfig
+from encore.core.schemas import FEATURE_TABLES
+from encore.core.workspace import Workspace, partitions
+from jobs.features import FeaturesError, build_features, plan_range, sessionize
+from tests.conftest import LISTENS_FILE, copy_home, ingest_world, make_config
+from tests.fixtures import features_reference as ref
+from tests.fixtures.files import digest
+
+pytestmark = pytest.mark.integration
+
+
+def read_table(ws: Workspace, name: str) -> pd.DataFrame:
+    path = ws.feature_table(name)
+    return ds.dataset(path, format="parquet", partitioning="hive").to_table().to_pandas()
+
+
+def _isnan(x: object) -> bool:
+    return x is None or (pd.api.types.is_scalar(x) and bool(pd.isna(x)))
+
+
+def same(a: object, b: object) -> bool:
+    if _isnan(a) and _isnan(b):
+        return True
+    if isinstance(a, float | np.floating) or isinstance(b, float | np.floating):
+        return a is not None and b is not None and abs(float(a) - float(b)) < 1e-9
+    return a == b
+
+
+def cell_same(a: object, b: object) -> bool:
+    if isinstance(a, np.ndarray | list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return same(a, b)
+
+
+# --------------------------------------------------------------------------- hand-checked rows
+def _t(s: str) -> datetime:
+    return datetime.fromisoformat(s).replace(tzinfo=UTC)
+
+
+def test_sessions_and_completion_on_hand_checked_listens(spark) -> None:
+    rows = [  # user, ts, track   (durations: a=200 s, b=100 s, c unknown)
+        ("u1", "2009-01-01 10:00:00", "a"),  # next 100 s later: 100/200 = 0.5
+        ("u1", "2009-01-01 10:01:40", "b"),  # next at the same second: 0 / 100 = 0
+        ("u1", "2009-01-01 10:01:40", "c"),  # unknown duration: null, even though a next exists
+        ("u1", "2009-01-01 10:31:40", "a"),  # gap exactly 30 min: same session; next 1000 s: capped at 1
+        ("u1", "2009-01-01 10:48:20", "b"),  # last of session (next is 30 min + 1 s later): null
+        ("u1", "2009-01-01 11:18:21", "a"),  # new session, single listen: null
+        ("u2", "2009-01-01 10:00:30", "b"),  # another user interleaved in time: own session, null
+    ]
+    listens = spark.createDataFrame(
+        [(u, _t(ts), tr, "art-" + tr, "Artist", "Title " + tr) for u, ts, tr in rows],
+        "user_id string, ts timestamp, track_id string, artist_id string, artist_name string, track_name string")
+    durations = spark.createDataFrame([("a", 200.0), ("b", 100.0), ("c", None)], "track_id string, duration_s double")
+    out = (sessionize(listens, durations, FeaturesConfig()).orderBy("user_id", "rn").toPandas())
+    u1 = out[out.user_id == "u1"]
+    comp = list(u1.completion)
+    assert comp[:2] == [0.5, 0.0]
+    assert _isnan(comp[2])
+    assert comp[3] == 1.0
+    assert _isnan(comp[4]) and _isnan(comp[5])
+    assert list(u1.position) == [1, 2, 3, 4, 5, 1]
+    assert u1.session_id.iloc[:5].nunique() == 1 and u1.session_id.iloc[5] != u1.session_id.iloc[0]
+    assert out[out.user_id == "u2"].session_id.iloc[0] not in set(u1.session_id)
+    assert _isnan(out[out.user_id == "u2"].completion.iloc[0])
+    # The ids are the documented function of (user, session start), which the reference recomputes.
+    expect = ref.sessionize(listens.toPandas(), {"a": 200.0, "b": 100.0, "c": None}, 30 * 60)
+    assert list(expect.session_id) == list(out.session_id)
+
+
+def test_a_shorter_gap_setting_splits_the_same_listens_into_more_sessions(spark) -> None:
+    listens = spark.createDataFrame(
+        [("u", _t(f"2009-01-01 10:{m:02d}:00"), "a", "x", "X", "A") for m in (0, 10, 25, 50)],
+        "user_id string, ts timestamp, track_id string, artist_id string, artist_name string, track_name string")
+    durations = spark.createDataFrame([("a", 300.0)], "track_id string, duration_s double")
+    n30 = sessionize(listens, durations, FeaturesConfig()).select("session_id").distinct().count()
+    n12 = sessionize(listens, durations, FeaturesConfig(session_gap_minutes=12)).select("session_id").distinct().count()
+    assert (n30, n12) == (1, 3)
+
+
+# --------------------------------------------------------------------------- a generated world
+@pytest.fixture(scope="module")
+def built(featured_home: EncoreConfig) -> tuple[EncoreConfig, pd.DataFrame]:
+    """The featured workspace (read-only here) and the reference sessionization of its listens."""
+    cfg = featured_home
+    ws = Workspace.at(cfg.home)
+    bronze = ds.dataset(ws.listens, format="parquet", partitioning="hive").to_table().to_pandas()
+    tracks = ds.dataset(ws.tracks, format="parquet").to_table(columns=["track_id", "duration_s"]).to_pandas()
+    durations = {t: (None if pd.isna(d) else float(d)) for t, d in zip(tracks.track_id, tracks.duration_s,
+                                                                        strict=True)}
+    lis = ref.sessionize(bronze.drop(columns=["date"]), durations, cfg.features.session_gap_minutes * 60)
+    return cfg, lis
+
+
+def test_listen_table_matches_the_plain_definitions(built) -> None:
+    cfg, lis = built
+    got = read_table(Workspace.at(cfg.home), "listens").sort_values(["user_id", "ts", "position"])
+    exp = lis.sort_values(["user_id", "ts", "position"])
+    assert len(got) == len(exp)
+    assert list(got.session_id) == list(exp.session_id)
+    assert list(got.position) == list(exp.position)
+    assert all(same(a, b) for a, b in zip(got.completion, exp.completion, strict=True))
+    assert (got.event_timestamp == got.ts).all()
+    # Both kinds of unknown completion occur in the world, so the nulls are really exercised.
+    assert got.completion.isna().sum() > got.next_ts.isna().sum() > 0
+
+
+def test_session_rows_match_the_plain_definitions(built) -> None:
+    cfg, lis = built
+    got = read_table(Workspace.at(cfg.home), "sessions").set_index("session_id").sort_index()
+    exp = ref.session_rows(lis, cfg.features.session_gap_minutes * 60, cfg.features.skip_below)
+    last_day = lis.day.max()
+    # A session is written on the day it is known to be over, and only for days the lake holds.
+    exp = exp[exp.event_timestamp.dt.date <= last_day].set_index("session_id").sort_index()
+    assert list(got.index) == list(exp.index)
+    for col in ("length", "duration_s", "mean_completion", "skip_share", "distinct_artists", "event_timestamp"):
+        assert all(same(a, b) for a, b in zip(got[col], exp[col], strict=True)), col
+
+
+def _as_of(table: pd.DataFrame, key: str, value: str, d: date) -> pd.Series | None:
+    rows = table[(table[key] == value) & (table.date <= pd.Timestamp(d))]
+    return None if rows.empty else rows.sort_values("date").iloc[-1]
+
+
+def test_user_days_match_the_plain_definitions_as_of_every_day(built) -> None:
+    cfg, lis = built
+    table = read_table(Workspace.at(cfg.home), "user_daily")
+    table["date"] = pd.to_datetime(table["date"])
+    assert (table.event_timestamp == table.date.dt.tz_localize("UTC") + pd.Timedelta(days=1)).all()
+    first, last = lis.day.min(), lis.day.max()
+    assert table.date.max().date() <= last  # no row claims a day the lake has not seen
+    checked = 0
+    for user in sorted(lis.user_id.unique()):
+        for i in range((last - first).days + 1):
+            d = first + timedelta(days=i)
+            exp = ref.user_as_of(lis, user, d, cfg.features.sequence_length)
+            row = _as_of(table, "user_id", user, d)
+            if row is None:  # no row yet: the user has not listened by then
+                assert exp["plays_30d"] == 0 and not exp["recent_track_ids"], (user, d)
+                continue
+            for col, v in exp.items():
+                got = list(row[col]) if col.startswith("recent_") else row[col]
+                if col == "recent_completions":
+                    assert len(got) == len(v) and all(same(a, b) for a, b in zip(got, v, strict=True)), (user, d)
+                else:
+                    assert same(got, v), (user, d, col, got, v)
+            checked += 1
+    assert checked > 500
+
+
+def test_track_days_match_the_plain_definitions_as_of_every_day(built) -> None:
+    cfg, lis = built
+    table = read_table(Workspace.at(cfg.home), "track_daily")
+    table["date"] = pd.to_datetime(table["date"])
+    first, last = lis.day.min(), lis.day.max()
+    popular = list(lis.track_id.value_counts().index[:25]) + list(lis.track_id.value_counts().index[-25:])
+    for track in popular:
+        for i in range((last - first).days + 1):
+            d = first + timedelta(days=i)
+            exp = ref.track_as_of(lis, track, d)
+            row = _as_of(table, "track_id", track, d)
+            if row is None:
+                assert exp["plays_30d"] == 0, (track, d)
+                continue
+            for col, v in exp.items():
+                assert same(row[col], v), (track, d, col, row[col], v)
+
+
+# --------------------------------------------------------------------------- backfills
+def _partition_digests(ws: Workspace) -> dict[str, str]:
+    return {f"{t}/{d}": digest(ws.feature_table(t) / f"date={d}")
+            for t in FEATURE_TABLES for d in partitions(ws.feature_table(t))}
+
+
+def test_backfill_replaces_only_its_range_identically_each_time(built, tmp_path: Path) -> None:
+    cfg = copy_home(built[0], tmp_path / "home")
+    ws = Workspace.at(cfg.home)
+    before = _partition_digests(ws)
+    days = partitions(ws.listens)
+    start, end = date.fromisoformat(days[10]), date.fromisoformat(days[14])
+    tables_before = {t: read_table(ws, t) for t in FEATURE_TABLES}
+
+    rep = build_features(cfg, start, end)
+    assert (rep.mode, rep.start, rep.end) == ("backfill", start.isoformat(), end.isoformat())
+    first = _partition_digests(ws)
+    inside = {k for k in before if start.isoformat() <= k.split("/")[1] <= end.isoformat()}
+    assert inside and all(first[k] == before[k] for k in before if k not in inside)  # outside: byte for byte
+    # Inside: the same values as the full run (only `created` differs: it is the newest listen read).
+    for t in FEATURE_TABLES:
+        key = list(tables_before[t].columns[:2])
+        a = tables_before[t].drop(columns="created").sort_values(key)
+        b = read_table(ws, t).drop(columns="created").sort_values(key)
+        assert a.shape == b.shape, t
+        for col in a.columns:
+            assert all(cell_same(x, y) for x, y in zip(a[col], b[col], strict=True)), (t, col)
+
+    build_features(cfg, start, end)
+    assert _partition_digests(ws) == first  # the same backfill twice: identical files
+
+
+def test_backfill_range_errors_are_clear(built) -> None:
+    cfg = built[0]
+    with pytest.raises(FeaturesError, match="before --start"):
+        build_features(cfg, date(2009, 4, 20), date(2009, 4, 10))
+    with pytest.raises(FeaturesError, match="holds no bronze day"):
+        build_features(cfg, date(2030, 1, 1), date(2030, 1, 5))
+
+
+def test_feature_job_without_bronze_listens_says_to_ingest_first(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path / "empty")
+    with pytest.raises(FeaturesError, match="encore ingest"):
+        build_features(cfg)
+
+
+# --------------------------------------------------------------------------- incremental
+def test_incremental_run_recomputes_from_the_first_new_day_and_matches_a_full_run(
+        built, small_world, tmp_path: Path) -> None:
+    world, _ = small_world
+    full = read_table(Workspace.at(built[0].home), "user_daily").drop(columns="created")
+    lines = (world / LISTENS_FILE).read_text(encoding="utf-8").splitlines(keepends=True)
+    cut = "2009-04-25"  # the world ends 2009-05-04: the last 10 days arrive later
+    early, late = tmp_path / "early.tsv", tmp_path / "late.tsv"
+    early.write_text("".join(x for x in lines if x.split("\t")[1] < cut), encoding="utf-8")
+    late.write_text("".join(x for x in lines if x.split("\t")[1] >= cut), encoding="utf-8")
+    cfg = make_config(tmp_path / "home")
+    ws = Workspace.at(cfg.home)
+    ingest_world(cfg, world, early)
+    assert build_features(cfg).mode == "incremental"
+    old = _partition_digests(ws)
+    ingest_world(cfg, world, late)
+    assert plan_range(ws, cfg.features, None, None) == ("incremental", date(2009, 4, 24), date(2009, 5, 4))
+    rep = build_features(cfg)
+    assert (rep.start, rep.end) == ("2009-04-24", "2009-05-04")
+    new = _partition_digests(ws)
+    assert all(new[k] == v for k, v in old.items() if k.split("/")[1] < "2009-04-24")
+    got = read_table(ws, "user_daily").drop(columns="created")
+    key = ["user_id", "date"]
+    got, exp = got.sort_values(key).reset_index(drop=True), full.sort_values(key).reset_index(drop=True)
+    assert got.shape == exp.shape
+    for col in got.columns:
+        assert all(cell_same(x, y) for x, y in zip(got[col], exp[col], strict=True)), col
+    assert build_features(cfg).mode == "up-to-date"
