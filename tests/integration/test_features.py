@@ -252,3 +252,21 @@ def test_incremental_run_recomputes_from_the_first_new_day_and_matches_a_full_ru
     for col in got.columns:
         assert all(cell_same(x, y) for x, y in zip(got[col], exp[col], strict=True)), col
     assert build_features(cfg).mode == "up-to-date"
+
+
+@pytest.mark.slow
+def test_the_same_backfill_from_the_cli_in_another_process_writes_identical_files(built, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = copy_home(built[0], tmp_path / "home")
+    ws = Workspace.at(cfg.home)
+    days = partitions(ws.listens)
+    start, end = days[3], days[5]
+    build_features(cfg, date.fromisoformat(start), date.fromisoformat(end))
+    here = _partition_digests(ws)
+    out = subprocess.run([sys.executable, "-m", "encore", "--home", str(cfg.home), "-q", "features",
+                          "--start", start, "--end", end], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"backfill {start} .. {end}" in out.stdout
+    assert _partition_digests(ws) == here  # another JVM, the same bytes
