@@ -157,7 +157,8 @@ def sessionize(listens: DataFrame, durations: DataFrame, fcfg: FeaturesConfig) -
             .withColumn("position", (F.col("rn") - F.col("_start_rn") + 1).cast("int"))
             .withColumn("next_ts", next_ts)
             .withColumn("completion", completion)
-            .drop("_prev", "_next", "_start_rn", "_start"))
+            # Names only broke ties in the order; dropping them keeps the cached listens small.
+            .drop("_prev", "_next", "_start_rn", "_start", "artist_name", "track_name"))
 
 
 def _micro(c: Column) -> Column:
@@ -193,36 +194,38 @@ def _window_events(lis: DataFrame, key: str) -> DataFrame:
     """Deltas per (key, day) whose running sum over days is each window's value as of that day.
 
     A play on day X enters the 7-day window on X and leaves it on X+7 (30: X+30). A completion
-    enters the 30-day mean on the day its next listen happened (K = date(next_ts)) and leaves on X+30.
+    enters the 30-day mean on the day its next listen happened (X, or X+1 across midnight: the
+    session gap is at most a day) and leaves on X+30. One aggregation per (key, X), then each row
+    explodes into its four event days. Columns: key, day, p7, p30, a30, cs, cn, l7, l30 (l* zero).
     """
-    day = F.to_date("ts")
-    plays = lis.groupBy(key, day.alias("x")).agg(F.count(F.lit(1)).alias("n"))
-    z = F.lit(0).cast("long")
-    ev = [
-        plays.select(key, F.col("x").alias("day"), F.col("n").alias("p7"), F.col("n").alias("p30"),
-                     F.lit(1).cast("long").alias("a30"), z.alias("cs"), z.alias("cn")),
-        plays.select(key, _day_plus("x", SHORT_WINDOW_DAYS).alias("day"), -F.col("n"), z, z, z, z),
-        plays.select(key, _day_plus("x", LONG_WINDOW_DAYS).alias("day"), z, -F.col("n"),
-                     F.lit(-1).cast("long"), z, z),
-    ]
-    comp = lis.filter(F.col("completion").isNotNull()).select(
-        key, day.alias("x"), F.to_date("next_ts").alias("k"), _micro(F.col("completion")).alias("m"))
-    ev += [
-        comp.select(key, F.col("k").alias("day"), z, z, z, F.col("m"), F.lit(1).cast("long")),
-        comp.select(key, _day_plus("x", LONG_WINDOW_DAYS).alias("day"), z, z, z, -F.col("m"),
-                    F.lit(-1).cast("long")),
-    ]
-    out = ev[0]
-    for e in ev[1:]:
-        out = out.union(e)  # positional: every select above lists the same seven columns in order
-    return out
+    known = F.col("completion").isNotNull()
+    same_day = known & (F.to_date("next_ts") == F.to_date("ts"))
+    m = _micro(F.col("completion"))
+    daily = lis.groupBy(key, F.to_date("ts").alias("x")).agg(
+        F.count(F.lit(1)).alias("n"),
+        F.coalesce(F.sum(F.when(same_day, m)), F.lit(0)).alias("cs0"),
+        F.sum(same_day.cast("long")).alias("cn0"),
+        F.coalesce(F.sum(F.when(known & ~same_day, m)), F.lit(0)).alias("cs1"),
+        F.sum((known & ~same_day).cast("long")).alias("cn1"),
+    )
+    n, z, one = F.col("n"), F.lit(0).cast("long"), F.lit(1).cast("long")
 
+    def ev(day: Column, p7: Column, p30: Column, a30: Column, cs: Column, cn: Column) -> Column:
+        return F.struct(day.alias("day"), p7.alias("p7"), p30.alias("p30"), a30.alias("a30"),
+                        cs.alias("cs"), cn.alias("cn"))
 
-def _running(events: DataFrame, key: str, cols: list[str]) -> DataFrame:
-    """Sum deltas per (key, day), then take running sums over days: the as-of-day values."""
-    daily = events.groupBy(key, "day").agg(*[F.sum(c).alias(c) for c in cols])
-    w = Window.partitionBy(key).orderBy("day").rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    return daily.select(key, "day", *[F.sum(c).over(w).alias(c) for c in cols])
+    events = F.array(
+        ev(F.col("x"), n, n, one, F.col("cs0"), F.col("cn0")),
+        ev(_day_plus("x", 1), z, z, z, F.col("cs1"), F.col("cn1")),
+        ev(_day_plus("x", SHORT_WINDOW_DAYS), -n, z, z, z, z),
+        ev(_day_plus("x", LONG_WINDOW_DAYS), z, -n, -one, -(F.col("cs0") + F.col("cs1")),
+           -(F.col("cn0") + F.col("cn1"))),
+    )
+    # Only events that change something make a row: a day with no completion known across
+    # midnight must not add a row the definitions do not call for.
+    return (daily.select(key, F.explode(events).alias("e"))
+            .filter((F.col("e.cn") != 0) | (F.col("e.p7") != 0) | (F.col("e.p30") != 0))
+            .select(key, "e.*", z.alias("l7"), z.alias("l30")))
 
 
 def _listener_events(lis: DataFrame) -> DataFrame:
@@ -231,24 +234,41 @@ def _listener_events(lis: DataFrame) -> DataFrame:
     A listener is inside the W-day window of day D if they played the track on some day in
     D-W+1..D. Per (track, user), each play day X opens an interval unless the previous play day
     was less than W days before, and closes it at X+W unless the next play day comes sooner.
+    Same columns as :func:`_window_events`, with only l7 and l30 non-zero.
     """
     d = lis.select("track_id", "user_id", F.to_date("ts").alias("x")).distinct()
     w = Window.partitionBy("track_id", "user_id").orderBy("x")
     d = d.withColumn("_p", F.lag("x").over(w)).withColumn("_n", F.lead("x").over(w))
-    z = F.lit(0).cast("long")
-    parts = []
-    for width, col in ((SHORT_WINDOW_DAYS, "l7"), (LONG_WINDOW_DAYS, "l30")):
-        one = F.lit(1).cast("long")
-        opens = d.filter(F.col("_p").isNull() | (F.datediff("x", "_p") >= width))
-        closes = d.filter(F.col("_n").isNull() | (F.datediff("_n", "x") >= width))
-        parts.append(opens.select("track_id", F.col("x").alias("day"), one if col == "l7" else z,
-                                  one if col == "l30" else z))
-        parts.append(closes.select("track_id", _day_plus("x", width).alias("day"), -one if col == "l7" else z,
-                                   -one if col == "l30" else z))
-    out = parts[0]
-    for p in parts[1:]:
-        out = out.union(p)
-    return out.toDF("track_id", "day", "l7", "l30")
+    z, one = F.lit(0).cast("long"), F.lit(1).cast("long")
+
+    def ev(day: Column, l7: Column, l30: Column) -> Column:
+        return F.struct(day.alias("day"), l7.alias("l7"), l30.alias("l30"))
+
+    def opens(width: int) -> Column:
+        return F.when(F.col("_p").isNull() | (F.datediff("x", "_p") >= width), one).otherwise(z)
+
+    def closes(width: int) -> Column:
+        return F.when(F.col("_n").isNull() | (F.datediff("_n", "x") >= width), -one).otherwise(z)
+
+    events = F.array(
+        ev(F.col("x"), opens(SHORT_WINDOW_DAYS), opens(LONG_WINDOW_DAYS)),
+        ev(_day_plus("x", SHORT_WINDOW_DAYS), closes(SHORT_WINDOW_DAYS), z),
+        ev(_day_plus("x", LONG_WINDOW_DAYS), z, closes(LONG_WINDOW_DAYS)),
+    )
+    return d.select("track_id", F.explode(events).alias("e")).filter(
+        (F.col("e.l7") != 0) | (F.col("e.l30") != 0)).select(
+        "track_id", "e.day", z.alias("p7"), z.alias("p30"), z.alias("a30"), z.alias("cs"), z.alias("cn"),
+        "e.l7", "e.l30")
+
+
+EVENT_COLS = ["p7", "p30", "a30", "cs", "cn", "l7", "l30"]
+
+
+def _running(events: DataFrame, key: str) -> DataFrame:
+    """Sum deltas per (key, day), then take running sums over days: the as-of-day values."""
+    daily = events.groupBy(key, "day").agg(*[F.sum(c).alias(c) for c in EVENT_COLS])
+    w = Window.partitionBy(key).orderBy("day").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    return daily.select(key, "day", *[F.sum(c).over(w).alias(c) for c in EVENT_COLS])
 
 
 def _sequences(lis_all: DataFrame, first_day: date, n_seq: int) -> DataFrame:
@@ -296,7 +316,7 @@ def _mean_completion(cs: str = "cs", cn: str = "cn") -> Column:
 
 def _user_daily(lis: DataFrame, lis_all: DataFrame, fcfg: FeaturesConfig, start: date, end: date,
                 created: Column) -> DataFrame:
-    vals = _running(_window_events(lis, "user_id"), "user_id", ["p7", "p30", "a30", "cs", "cn"])
+    vals = _running(_window_events(lis, "user_id"), "user_id")
     seqs = _sequences(lis_all, start - timedelta(days=LOOKBACK_DAYS), fcfg.sequence_length)
     w = Window.partitionBy("user_id").orderBy("day").rowsBetween(Window.unboundedPreceding, Window.currentRow)
     joined = vals.join(seqs, ["user_id", "day"], "left")
@@ -313,20 +333,14 @@ def _user_daily(lis: DataFrame, lis_all: DataFrame, fcfg: FeaturesConfig, start:
 
 
 def _track_daily(lis: DataFrame, first_seen: DataFrame, start: date, end: date, created: Column) -> DataFrame:
-    vals = _running(_window_events(lis, "track_id"), "track_id", ["p7", "p30", "cs", "cn"])
-    listeners = _running(_listener_events(lis), "track_id", ["l7", "l30"])
-    w = Window.partitionBy("track_id").orderBy("day").rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    # Listener events fall on play days and window exits, a subset of the play events' days, but
-    # are carried forward anyway so a day with only play events still sees the current count.
-    both = vals.join(listeners, ["track_id", "day"], "full").select(
-        "track_id", "day",
-        *[F.last(c, ignorenulls=True).over(w).alias(c) for c in ("p7", "p30", "cs", "cn", "l7", "l30")])
-    return (both.filter(_in_range(F.col("day"), start, end))
-            .join(first_seen, "track_id", "left")
+    # Partition by track once: every later aggregation and window is keyed by it (no reshuffles).
+    lis = lis.repartition("track_id")
+    vals = _running(_window_events(lis, "track_id").unionByName(_listener_events(lis)), "track_id")
+    return (vals.filter(_in_range(F.col("day"), start, end))
+            .join(F.broadcast(first_seen), "track_id", "left")
             .select("track_id",
                     F.col("p7").cast("int").alias("plays_7d"), F.col("p30").cast("int").alias("plays_30d"),
-                    F.coalesce("l7", F.lit(0)).cast("int").alias("listeners_7d"),
-                    F.coalesce("l30", F.lit(0)).cast("int").alias("listeners_30d"),
+                    F.col("l7").cast("int").alias("listeners_7d"), F.col("l30").cast("int").alias("listeners_30d"),
                     _mean_completion().alias("mean_completion_30d"),
                     "first_seen",
                     _day_end(F.col("day")).alias("event_timestamp"), created.alias("created"),
@@ -420,11 +434,15 @@ SORT_KEYS = {
 def _stage_table(df: DataFrame, name: str, stage: Path, ws: Workspace, start: date, end: date,
                  stats: TableStats) -> list[atomic.Swap]:
     out = stage / name
+    t0 = time.perf_counter()
     (df.repartition("date").sortWithinPartitions("date", *SORT_KEYS[name])
      .write.partitionBy("date").parquet(str(out)))
     finalize_staged(out)
+    t1 = time.perf_counter()
     staged = set(partitions(out)) if out.is_dir() else set()
     stats.rows, stats.nulls = reencode(out)  # deterministic bytes in any process
+    log.info("features: %s computed and written in %.1fs, re-encoded in %.1fs", name, t1 - t0,
+             time.perf_counter() - t1)
     live = ws.feature_table(name)
     swaps = [atomic.Swap(out / f"date={d}", live / f"date={d}", ws.trash / stage.name / name / f"date={d}")
              for d in sorted(staged)]
@@ -492,8 +510,10 @@ def _run(cfg: EncoreConfig, ws: Workspace, start: date, end: date, stage: Path, 
     report.listens_read = int(counts["read"])
     report.completion_unknown_last_of_session = int(counts["last"] or 0)
     report.completion_unknown_duration = int(counts["nodur"] or 0)
-    first_seen = (_read_listens(spark, ws, partitions(ws.listens)).groupBy("track_id")
-                  .agg(F.to_date(F.min("ts")).cast("timestamp").alias("first_seen")))
+    # First play day per track over the whole lake: `date` is the partition column, so this scan
+    # reads one column of the bronze files.
+    first_seen = (spark.read.parquet(str(ws.listens)).groupBy("track_id")
+                  .agg(F.min("date").cast("timestamp").alias("first_seen")))
     tables = {
         "listens": in_range.select(
             "user_id", "ts", "track_id", "artist_id", "session_id", "position", "duration_s", "next_ts",
