@@ -9,7 +9,7 @@ Needs a workspace whose feature tables are built; without ``--home`` it generate
 * online lookup through the ``scoring`` service for batches of 1, 100 and 1,000 users.
   Baseline: one SELECT of the same keys straight from Feast's SQLite table, without decoding.
 
-    .venv/bin/python bench/feast.py [--home DIR] [--users 1000 --days 365 --tracks 50000]
+    .venv/bin/python bench/feature_store.py [--home DIR] [--users 1000 --days 365 --tracks 50000]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from encore.core.config import EncoreConfig, SparkConfig
 from encore.core.workspace import Workspace, partitions
 
 LISTENS_FILE = "userid-timestamp-artid-artname-traid-traname.tsv"
+warnings.filterwarnings("ignore", category=DeprecationWarning)  # ibis inside Feast
 
 
 def _cfg(home: Path) -> EncoreConfig:
