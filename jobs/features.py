@@ -80,7 +80,7 @@ class TableStats:
     rows: int = 0
     partitions_written: int = 0
     partitions_removed: int = 0
-    nulls: dict[str, int] = field(default_factory=dict)  # column -> null (or NaN-free empty) count
+    nulls: dict[str, int] = field(default_factory=dict)  # column -> nulls (a NaN inside an array is not a null)
 
 
 @dataclass
@@ -120,7 +120,8 @@ def _inputs(spark: SparkSession, ws: Workspace, start: date, end: date, n_seq: i
     before = [d for d in have if d < lo]
     df = _read_listens(spark, ws, inside).withColumn("tail", F.lit(False))
     if before:
-        # Only the newest n_seq listens per user matter; a window keeps them without a full sort.
+        # Only each user's newest n_seq listens matter. This scans all older days: exact for a user
+        # who was away for months, at the price of one pass over the history per run.
         w = Window.partitionBy("user_id").orderBy(*[F.col(c).desc() for c in LISTEN_ORDER])
         tail = (_read_listens(spark, ws, before).withColumn("_k", F.row_number().over(w))
                 .filter(F.col("_k") <= n_seq).drop("_k").withColumn("tail", F.lit(True)))
@@ -307,11 +308,12 @@ def _in_range(c: Column, start: date, end: date) -> Column:
 
 
 def _day_end(day: Column) -> Column:
-    return F.to_utc_timestamp(F.date_add(day, 1).cast("timestamp"), "UTC")
+    # The session time zone is UTC (jobs/spark.py), so this is D+1 00:00 UTC.
+    return F.date_add(day, 1).cast("timestamp")
 
 
-def _mean_completion(cs: str = "cs", cn: str = "cn") -> Column:
-    return F.when(F.col(cn) > 0, F.col(cs) / F.col(cn) / MICRO)
+def _mean_completion() -> Column:
+    return F.when(F.col("cn") > 0, F.col("cs") / F.col("cn") / MICRO)
 
 
 def _user_daily(lis: DataFrame, lis_all: DataFrame, fcfg: FeaturesConfig, start: date, end: date,
@@ -454,16 +456,10 @@ def _stage_table(df: DataFrame, name: str, stage: Path, ws: Workspace, start: da
     return swaps
 
 
-def new_run_id() -> str:
-    import uuid
-
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-
-
 def build_features(cfg: EncoreConfig, start: date | None = None, end: date | None = None) -> FeaturesReport:
     """Compute the feature tables for [start, end] (a backfill) or whatever changed (incremental)."""
     t0 = time.perf_counter()
-    run_id = new_run_id()
+    run_id = atomic.new_run_id()
     ws = Workspace.at(cfg.home)
     fcfg = cfg.features
     with ws.lock("lake"):
@@ -481,9 +477,7 @@ def build_features(cfg: EncoreConfig, start: date | None = None, end: date | Non
         else:
             log.info("features %s: every bronze day is already reflected; nothing to do", run_id)
         report.seconds = round(time.perf_counter() - t0, 3)
-        reports = ws.reports("features")
-        atomic.write_json_atomic(reports / f"{run_id}.json", report.to_dict())
-        atomic.write_json_atomic(reports / "latest.json", report.to_dict())
+        atomic.write_report(ws.reports("features"), run_id, report.to_dict())
     return report
 
 
@@ -535,9 +529,4 @@ def _run(cfg: EncoreConfig, ws: Workspace, start: date, end: date, stage: Path, 
     shutil.rmtree(ws.trash / stage.name, ignore_errors=True)
 
 
-def latest_report(ws: Workspace) -> dict[str, Any] | None:
-    p = ws.reports("features") / "latest.json"
-    return json.loads(p.read_text()) if p.exists() else None
-
-
-__all__ = ["FeaturesError", "FeaturesReport", "build_features", "latest_report", "plan_range", "sessionize"]
+__all__ = ["FeaturesError", "FeaturesReport", "build_features", "plan_range", "sessionize"]

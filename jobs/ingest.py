@@ -20,7 +20,6 @@ import json
 import logging
 import shutil
 import time
-import uuid
 import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -425,17 +424,13 @@ def _ingest_profiles(spark: SparkSession, src: SourceFile, ws: Workspace, stage:
 
 
 # --------------------------------------------------------------------------- entry point
-def new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-
-
 def ingest(cfg: EncoreConfig, inputs: IngestInputs) -> IngestReport:
     """Ingest raw files into the bronze lake of ``cfg.home``; returns (and stores) the report."""
     if not (inputs.listens or inputs.profiles or inputs.catalog):
         raise IngestError("nothing to ingest: give listens, profiles and/or a catalog")
     t0 = time.perf_counter()
     now = datetime.now(UTC)
-    run_id = new_run_id()
+    run_id = atomic.new_run_id()
     report = IngestReport(run_id=run_id, started_at=now.isoformat(timespec="seconds"))
     expanded = _expand(inputs.listens)
     if inputs.listens and not expanded:
@@ -468,8 +463,6 @@ def ingest(cfg: EncoreConfig, inputs: IngestInputs) -> IngestReport:
         shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(ws.trash / run_id, ignore_errors=True)
         report.seconds = round(time.perf_counter() - t0, 3)
-        reports = ws.reports("ingest")
-        atomic.write_json_atomic(reports / f"{run_id}.json", report.to_dict())
-        atomic.write_json_atomic(reports / "latest.json", report.to_dict())
+        atomic.write_report(ws.reports("ingest"), run_id, report.to_dict())
     log.info("ingest %s done in %.1fs (%d swaps)", run_id, report.seconds, len(swaps))
     return report

@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from encore.core import faults
@@ -45,6 +47,17 @@ def _write_json_atomic(path: Path, data: object) -> None:
 def write_json_atomic(path: Path, data: object) -> None:
     """Write a small JSON file so that readers see the old file or the new one, never a torn one."""
     _write_json_atomic(path, data)
+
+
+def new_run_id() -> str:
+    """A sortable, unique id for one job run: UTC start time plus a random suffix."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def write_report(reports: Path, run_id: str, data: object) -> None:
+    """Keep a run's report as ``<run_id>.json`` and as ``latest.json`` in ``reports``."""
+    _write_json_atomic(reports / f"{run_id}.json", data)
+    _write_json_atomic(reports / "latest.json", data)
 
 
 def publish(swaps: Sequence[Swap], journal: Path) -> None:
