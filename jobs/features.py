@@ -53,7 +53,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
@@ -102,28 +102,26 @@ class FeaturesReport:
 
 
 # --------------------------------------------------------------------------- reading
-def _read_listens(spark: SparkSession, ws: Workspace, days: list[str]) -> DataFrame:
-    paths = [str(ws.listens / f"date={d}") for d in days]
-    return (spark.read.option("basePath", str(ws.listens)).parquet(*paths)
-            .select("user_id", "ts", "track_id", "artist_id", "artist_name", "track_name"))
+def _inputs(bronze: DataFrame, ws: Workspace, start: date, end: date, n_seq: int) -> DataFrame:
+    """Listens of days start-31..end+1, plus older listens where a user's sequence reaches back.
 
-
-def _inputs(spark: SparkSession, ws: Workspace, start: date, end: date, n_seq: int) -> DataFrame:
-    """Listens of days start-31..end+1, plus each user's last ``n_seq`` listens before those days.
-
-    Adds ``tail`` (true for the context rows before the lookback): they seed sessions and
-    sequences but feed no window.
+    Adds ``tail`` (true for those older context rows): they seed sequences but feed no window.
     """
-    have = partitions(ws.listens)
-    lo, hi = (start - timedelta(days=LOOKBACK_DAYS)).isoformat(), (end + timedelta(days=1)).isoformat()
-    inside = [d for d in have if lo <= d <= hi]
-    before = [d for d in have if d < lo]
-    df = _read_listens(spark, ws, inside).withColumn("tail", F.lit(False))
-    if before:
-        # Only each user's newest n_seq listens matter. This scans all older days: exact for a user
-        # who was away for months, at the price of one pass over the history per run.
+    lo, hi = start - timedelta(days=LOOKBACK_DAYS), end + timedelta(days=1)
+    cols = ("user_id", "ts", "track_id", "artist_id", "artist_name", "track_name")
+    # Filters on the partition column: Spark reads only those days' files.
+    df = bronze.filter(_in_range(F.col("date"), lo, hi)).select(*cols).withColumn("tail", F.lit(False))
+    if partitions(ws.listens)[0] < lo.isoformat():
+        # Only a user with fewer than n_seq listens between the lookback start and `start` has a
+        # sequence reaching further back; only their newest n_seq older listens are read. (A session
+        # that began before the lookback would need more, but that is a month of nonstop listening.)
+        start_ts = datetime(start.year, start.month, start.day, tzinfo=UTC)
+        covered = (df.filter(F.col("ts") < F.lit(start_ts)).groupBy("user_id").count()
+                   .filter(F.col("count") >= n_seq).select("user_id"))
+        need = df.select("user_id").distinct().join(covered, "user_id", "left_anti")
         w = Window.partitionBy("user_id").orderBy(*[F.col(c).desc() for c in LISTEN_ORDER])
-        tail = (_read_listens(spark, ws, before).withColumn("_k", F.row_number().over(w))
+        tail = (bronze.filter(F.col("date") < F.lit(lo)).select(*cols).join(need, "user_id", "left_semi")
+                .withColumn("_k", F.row_number().over(w))
                 .filter(F.col("_k") <= n_seq).drop("_k").withColumn("tail", F.lit(True)))
         df = df.unionByName(tail)
     return df
@@ -485,7 +483,8 @@ def _run(cfg: EncoreConfig, ws: Workspace, start: date, end: date, stage: Path, 
     spark = get_spark(cfg.spark)
     fcfg = cfg.features
     stage.mkdir(parents=True)
-    raw = _inputs(spark, ws, start, end, fcfg.sequence_length)
+    bronze = spark.read.parquet(str(ws.listens))  # one listing of the partitions, pruned per use
+    raw = _inputs(bronze, ws, start, end, fcfg.sequence_length)
     durations = (spark.read.parquet(str(ws.tracks)).select("track_id", "duration_s")
                  if ws.tracks.is_dir() and any(ws.tracks.glob("*.parquet"))
                  else spark.createDataFrame([], "track_id string, duration_s double"))
@@ -506,7 +505,7 @@ def _run(cfg: EncoreConfig, ws: Workspace, start: date, end: date, stage: Path, 
     report.completion_unknown_duration = int(counts["nodur"] or 0)
     # First play day per track over the whole lake: `date` is the partition column, so this scan
     # reads one column of the bronze files.
-    first_seen = (spark.read.parquet(str(ws.listens)).groupBy("track_id")
+    first_seen = (bronze.groupBy("track_id")
                   .agg(F.min("date").cast("timestamp").alias("first_seen")))
     tables = {
         "listens": in_range.select(

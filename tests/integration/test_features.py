@@ -270,3 +270,34 @@ def test_the_same_backfill_from_the_cli_in_another_process_writes_identical_file
     assert out.returncode == 0, out.stderr
     assert f"backfill {start} .. {end}" in out.stdout
     assert _partition_digests(ws) == here  # another JVM, the same bytes
+
+
+@pytest.mark.slow
+def test_backfill_after_a_long_history_reads_back_for_a_returning_users_sequence(spark, tmp_path: Path) -> None:
+    from encore.sample_world.generator import WorldConfig, generate_world
+
+    world = tmp_path / "world"
+    generate_world(WorldConfig(users=6, tracks=300, days=75, seed=3, clips=0), world, progress=False)
+    # A listener away for ten weeks: 60 listens in February, then 3 on the last day. Their
+    # sequence on that day must reach back past the backfill's 31-day lookback.
+    away = [f"away\t2009-02-21T10:{m:02d}:00Z\t\tOld Artist\t\tSong {m}\n" for m in range(0, 60)]
+    away += [f"away\t2009-05-04T20:0{m}:00Z\t\tNew Artist\t\tTune {m}\n" for m in range(3)]
+    with open(world / LISTENS_FILE, "a", encoding="utf-8") as fh:
+        fh.writelines(away)
+    cfg = make_config(tmp_path / "home")
+    ingest_world(cfg, world)
+    build_features(cfg)
+    ws = Workspace.at(cfg.home)
+    full = {t: read_table(ws, t) for t in FEATURE_TABLES}
+    days = partitions(ws.listens)
+    build_features(cfg, date.fromisoformat(days[-5]), date.fromisoformat(days[-1]))
+    for t in FEATURE_TABLES:
+        key = list(full[t].columns[:2])
+        a = full[t].drop(columns="created").sort_values(key)
+        b = read_table(ws, t).drop(columns="created").sort_values(key)
+        assert a.shape == b.shape, t
+        for col in a.columns:
+            assert all(cell_same(x, y) for x, y in zip(a[col], b[col], strict=True)), (t, col)
+    last = read_table(ws, "user_daily")
+    seq = last[(last.user_id == "away") & (pd.to_datetime(last.date) == "2009-05-04")].recent_track_ids.iloc[0]
+    assert len(seq) == cfg.features.sequence_length  # 47 from February + the 3 new ones
