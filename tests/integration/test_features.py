@@ -14,7 +14,7 @@ import pytest
 from encore.core.config import EncoreConfig, FeaturesConfig
 from encore.core.schemas import FEATURE_TABLES
 from encore.core.workspace import Workspace, partitions
-from jobs.features import FeaturesError, build_features, plan_range, sessionize
+from jobs.features import SORT_KEYS, FeaturesError, build_features, plan_range, sessionize
 from tests.conftest import LISTENS_FILE, copy_home, ingest_world, make_config
 from tests.fixtures import features_reference as ref
 from tests.fixtures.files import digest
@@ -43,6 +43,17 @@ def cell_same(a: object, b: object) -> bool:
     if isinstance(a, np.ndarray | list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     return same(a, b)
+
+
+def assert_same_values(expected: dict[str, pd.DataFrame], ws: Workspace) -> None:
+    """Each table in ``ws`` holds exactly the rows of ``expected``, value for value but `created`."""
+    for t, exp in expected.items():
+        key = [*SORT_KEYS[t], "date"]
+        a = exp.drop(columns="created").sort_values(key).reset_index(drop=True)
+        b = read_table(ws, t).drop(columns="created").sort_values(key).reset_index(drop=True)
+        assert a.shape == b.shape, t
+        for col in a.columns:
+            assert all(cell_same(x, y) for x, y in zip(a[col], b[col], strict=True)), (t, col)
 
 
 # --------------------------------------------------------------------------- hand-checked rows
@@ -198,13 +209,7 @@ def test_backfill_replaces_only_its_range_identically_each_time(built, tmp_path:
     inside = {k for k in before if start.isoformat() <= k.split("/")[1] <= end.isoformat()}
     assert inside and all(first[k] == before[k] for k in before if k not in inside)  # outside: byte for byte
     # Inside: the same values as the full run (only `created` differs: it is the newest listen read).
-    for t in FEATURE_TABLES:
-        key = list(tables_before[t].columns[:2])
-        a = tables_before[t].drop(columns="created").sort_values(key)
-        b = read_table(ws, t).drop(columns="created").sort_values(key)
-        assert a.shape == b.shape, t
-        for col in a.columns:
-            assert all(cell_same(x, y) for x, y in zip(a[col], b[col], strict=True)), (t, col)
+    assert_same_values(tables_before, ws)
 
     build_features(cfg, start, end)
     assert _partition_digests(ws) == first  # the same backfill twice: identical files
@@ -228,7 +233,7 @@ def test_feature_job_without_bronze_listens_says_to_ingest_first(tmp_path: Path)
 def test_incremental_run_recomputes_from_the_first_new_day_and_matches_a_full_run(
         built, small_world, tmp_path: Path) -> None:
     world, _ = small_world
-    full = read_table(Workspace.at(built[0].home), "user_daily").drop(columns="created")
+    full = {t: read_table(Workspace.at(built[0].home), t) for t in FEATURE_TABLES}
     lines = (world / LISTENS_FILE).read_text(encoding="utf-8").splitlines(keepends=True)
     cut = "2009-04-25"  # the world ends 2009-05-04: the last 10 days arrive later
     early, late = tmp_path / "early.tsv", tmp_path / "late.tsv"
@@ -245,12 +250,7 @@ def test_incremental_run_recomputes_from_the_first_new_day_and_matches_a_full_ru
     assert (rep.start, rep.end) == ("2009-04-24", "2009-05-04")
     new = _partition_digests(ws)
     assert all(new[k] == v for k, v in old.items() if k.split("/")[1] < "2009-04-24")
-    got = read_table(ws, "user_daily").drop(columns="created")
-    key = ["user_id", "date"]
-    got, exp = got.sort_values(key).reset_index(drop=True), full.sort_values(key).reset_index(drop=True)
-    assert got.shape == exp.shape
-    for col in got.columns:
-        assert all(cell_same(x, y) for x, y in zip(got[col], exp[col], strict=True)), col
+    assert_same_values(full, ws)  # every table, value for value, as if built in one run
     assert build_features(cfg).mode == "up-to-date"
 
 
@@ -291,13 +291,7 @@ def test_backfill_after_a_long_history_reads_back_for_a_returning_users_sequence
     full = {t: read_table(ws, t) for t in FEATURE_TABLES}
     days = partitions(ws.listens)
     build_features(cfg, date.fromisoformat(days[-5]), date.fromisoformat(days[-1]))
-    for t in FEATURE_TABLES:
-        key = list(full[t].columns[:2])
-        a = full[t].drop(columns="created").sort_values(key)
-        b = read_table(ws, t).drop(columns="created").sort_values(key)
-        assert a.shape == b.shape, t
-        for col in a.columns:
-            assert all(cell_same(x, y) for x, y in zip(a[col], b[col], strict=True)), (t, col)
+    assert_same_values(full, ws)
     last = read_table(ws, "user_daily")
     seq = last[(last.user_id == "away") & (pd.to_datetime(last.date) == "2009-05-04")].recent_track_ids.iloc[0]
     assert len(seq) == cfg.features.sequence_length  # 47 from February + the 3 new ones
