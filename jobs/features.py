@@ -34,8 +34,8 @@ Sums of completions are kept in integer micro-units, so they do not depend on th
 adds them in: the same input gives the same values, whichever partitions a run recomputes.
 
 A run covers a range of days [start, end] and reads only what those days need: listens from
-start-31 to end+1 (the windows, completions that cross midnight) plus each user's last
-``sequence_length`` listens before that (sequences, session starts). Partitions are staged, made
+start-31 to end+1 (the windows, completions that cross midnight) plus, for a user with fewer than
+``sequence_length`` listens in that lookback, their newest older listens (the sequence). Partitions are staged, made
 deterministic (pyarrow re-encode: same rows, same bytes, in any process), and swapped in with the
 journaled publication of ``encore.core.atomic``; partitions outside the range are not touched.
 Without a range, the run recomputes from the first bronze day that changed since the last run.
@@ -60,8 +60,8 @@ from pyspark.sql.window import Window
 from encore.core import atomic, faults
 from encore.core.config import EncoreConfig, FeaturesConfig
 from encore.core.schemas import FEATURE_TABLES, LONG_WINDOW_DAYS, SHORT_WINDOW_DAYS
-from encore.core.workspace import Workspace
-from jobs.lake import finalize_staged, partitions, reencode
+from encore.core.workspace import Workspace, partitions
+from jobs.lake import finalize_staged, reencode
 from jobs.spark import get_spark
 
 log = logging.getLogger(__name__)
@@ -491,8 +491,8 @@ def _run(cfg: EncoreConfig, ws: Workspace, start: date, end: date, stage: Path, 
     lis_all = sessionize(raw, durations, fcfg).persist()
     lis = lis_all.filter(~F.col("tail"))
     day = F.to_date("ts")
-    in_range = lis.filter(_in_range(day, start, end))
     inside = _in_range(day, start, end)
+    in_range = lis.filter(inside)
     # One pass for the report's counts and `created` (the newest listen this run read: derived from
     # the data, so a rerun on the same lake writes the same bytes, and it moves when inputs do).
     counts = lis.agg(
