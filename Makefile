@@ -1,6 +1,7 @@
 # Encore: two commands on a fresh machine.
 #   make demo   set up .venv and run the main job end to end on a generated sample world:
-#               sample data -> ingest -> features -> feast apply -> materialize -> summary
+#               sample data -> ingest -> features -> annotate -> embed -> feast apply -> materialize
+#               -> summary
 #   make test   set up .venv and run the test suite (what .ci/run calls)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -30,6 +31,8 @@ demo: $(STAMP)
 	$(BIN)/encore ingest --listens $(DEMO_WORLD)/userid-timestamp-artid-artname-traid-traname.tsv \
 	    --profiles $(DEMO_WORLD)/userid-profile.tsv --catalog $(DEMO_WORLD)/catalog.jsonl
 	$(BIN)/encore features
+	$(BIN)/encore annotate
+	$(BIN)/encore embed
 	$(BIN)/encore feast apply
 	$(BIN)/encore materialize
 	$(BIN)/encore summary

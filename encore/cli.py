@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    for noisy in ("py4j", "pyspark", "feast", "ibis"):
+    # Ray Data logs a progress block every 10 s when stderr is not a terminal; its tqdm bars (on a
+    # terminal) stay. -v shows its INFO lines too.
+    for noisy in ("py4j", "pyspark", "feast", "ibis", *(() if verbose > 0 else ("ray",))):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Third-party deprecation notices (ibis inside Feast) say nothing to an Encore user.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -53,7 +56,7 @@ def cli(ctx: click.Context, config_path: Path | None, home: Path | None, verbose
     \b
     Data flows one way:
       raw LastFM-1K files --ingest--> bronze lake --features--> Feast --> training --> MLflow registry
-                                                                         --> nightly scoring
+      catalog --annotate (LLM genes)--> --embed (Ray: lyrics, audio, metadata)--^    --> nightly scoring
     With no --config everything runs embedded on this machine (Spark local[*], local Ray, Feast on
     DuckDB+SQLite, MLflow on SQLite) under --home. A profile file (see profiles/cluster.yaml)
     points each engine at a cluster instead.
@@ -244,6 +247,91 @@ def features(ctx: click.Context, start: Any, end: Any, as_json: bool) -> None:
     click.echo(f"report: {Path(cfg.home).resolve() / 'reports' / 'features' / (report.run_id + '.json')}")
 
 
+# --------------------------------------------------------------------------- content
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def embed(ctx: click.Context, as_json: bool) -> None:
+    """Compute content embeddings for the catalog (Ray Data): lyrics, audio, MGPHot metadata.
+
+    \b
+    lyrics    text encoder (embed.text.path; default all-MiniLM-L6-v2, shipped in a wheel)
+    audio     librosa signal descriptors, or a local transformers audio model
+              (embed.audio.kind: pretrained, embed.audio.path: CLAP / MERT / wav2vec2 folder)
+    metadata  the 58 MGPHot genes (catalog, else `encore annotate`), and/or their text rendering
+              through the text encoder (embed.metadata: genes | text | genes+text)
+
+    Incremental: only tracks without a vector for the encoder's current version and input are
+    encoded; a second run computes nothing, a new version (embed.versions.*, or any encoder
+    setting) recomputes that encoder. A track whose audio or lyrics is missing or broken gets a
+    null and a counted reason, never a zero vector. Each encoder runs in a Ray actor pool
+    (embed.actors, a GPU each with embed.num_gpus where the cluster has GPUs). Writes
+    lake/features/track_content/ (Feast view `track_content`); report in reports/embed/.
+    """
+    from jobs.embed import EmbedError
+    from jobs.embed import embed as run_embed
+
+    cfg = _config(ctx)
+    try:
+        report = run_embed(cfg)
+    except (EmbedError, WorkspaceBusy, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    click.echo(f"embed run {report.run_id} ({report.seconds:.1f}s): {report.tracks:,} tracks; genes from "
+               + ", ".join(f"{k} {v:,}" for k, v in sorted(report.genes_from.items())))
+    if report.recovered_publications:
+        click.echo(f"  finished {report.recovered_publications} publication(s) left by an interrupted run")
+    click.echo(f"  {'encoder':<9} {'version':<14} {'dim':>4} {'cached':>8} {'computed':>9} {'tracks/s':>9}  missing")
+    for name, e in report.encoders.items():
+        missing = ", ".join(f"{k} {v:,}" for k, v in e.missing.items()) or "-"
+        rate = f"{e.per_second:,.1f}" if e.per_second else "-"
+        dim = e.dim or "-"
+        click.echo(f"  {name:<9} {e.version:<14} {dim:>4} {e.cached:>8,} {e.computed:>9,} {rate:>9}  {missing}")
+    nulls = ", ".join(f"{k} {v:,}" for k, v in report.content_nulls.items())
+    click.echo(f"  track_content: {report.content_rows:,} rows; without a vector: {nulls}")
+    click.echo(f"report: {Path(cfg.home).resolve() / 'reports' / 'embed' / (report.run_id + '.json')}")
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Annotate tracks whose catalog already carries genes too.")
+@click.option("--retry-invalid", is_flag=True, help="Ask again for tracks whose earlier answers were quarantined.")
+@click.option("--limit", type=click.IntRange(min=1), help="Send at most this many tracks (to try a model).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def annotate(ctx: click.Context, force: bool, retry_invalid: bool, limit: int | None, as_json: bool) -> None:
+    """Score the 58 MGPHot genes of catalog tracks with an LLM (few-shot prompt, JSON answers).
+
+    \b
+    Backends (annotate.backend):
+      local  a Hugging Face causal LM folder (annotate.model_path), run with transformers
+      http   an OpenAI-compatible server, e.g. vLLM (annotate.url, annotate.model)
+    Tracks whose catalog has genes are skipped unless --force. Answers are validated (all 58
+    genes, integers 0-5) and normalised to [0, 1]; a bad answer is retried up to
+    annotate.max_attempts times, then quarantined with its raw text and reason under
+    lake/quarantine/annotations/. Results are cached by (track, prompt version, model): a rerun
+    sends only tracks that have no answer yet. `encore embed` uses them for tracks without genes.
+    """
+    from jobs.annotate import annotate as run_annotate
+
+    cfg = _config(ctx)
+    try:
+        report = run_annotate(cfg, force=force, retry_invalid=retry_invalid, limit=limit)
+    except (ConfigError, WorkspaceBusy, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    data = asdict(report)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    click.echo(f"annotate run {report.run_id} ({report.seconds:.1f}s): prompt {report.prompt_version}, "
+               f"model {report.model}")
+    click.echo(f"  catalog {report.catalog_tracks:,}; skipped: has genes {report.skipped_has_genes:,}, "
+               f"cached {report.skipped_cached:,}, quarantined before {report.skipped_quarantined:,}")
+    invalid = ", ".join(f"{k} {v:,}" for k, v in report.invalid.items()) or "-"
+    click.echo(f"  sent {report.sent:,}: valid {report.valid:,}; quarantined: {invalid}; attempts {report.attempts:,}")
+
+
 # --------------------------------------------------------------------------- feast
 @cli.group()
 def feast() -> None:
@@ -301,7 +389,10 @@ def materialize(ctx: click.Context, end: Any, views: tuple[str, ...], as_json: b
         return
     click.echo(f"materialized up to {report.end} in {report.seconds:.1f}s")
     for name, v in report.views.items():
-        click.echo(f"  {name:<13} {v['source_rows']:>10,} rows  from {v['start']}")
+        if "skipped" in v:
+            click.echo(f"  {name:<13} skipped: {v['skipped']}")
+        else:
+            click.echo(f"  {name:<13} {v['source_rows']:>10,} rows  from {v['start']}")
 
 
 # --------------------------------------------------------------------------- summary
@@ -335,6 +426,13 @@ def summary(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"  quarantine/{table}: {parts}")
     for table, f in s.get("features", {}).items():
         click.echo(f"  features/{table:<12} {f['rows']:>10,} rows  {f['partitions']} days  {f['first']} .. {f['last']}")
+    if "content" in s:
+        c = s["content"]
+        vecs = "  ".join(f"{e} {v['with_vector']:,} ({v['version']})" for e, v in c["encoders"].items())
+        click.echo(f"  features/track_content {c['rows']:>10,} rows  with a vector: {vecs}")
+    a = s.get("annotations", {})
+    if any(a.values()):
+        click.echo(f"  annotations (LLM genes): {a['valid']:,} valid, {a['quarantined']:,} quarantined")
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Feature services: the contract one model version reads. Bump the version tag when it changes."""
 
 from feast import FeatureService
+from views.content import track_content_fv
 from views.tracks import track_daily_fv
 from views.users import user_daily_fv, user_session_fv
 
@@ -28,5 +29,13 @@ track_popularity = FeatureService(
     name="track_popularity",
     features=[track_daily_fv],
     description="Track popularity and completion as of a timestamp.",
+    tags={"team": "encore", "version": "1"},
+)
+
+# Item side of the model: the content signals fused into each item embedding.
+track_content = FeatureService(
+    name="track_content",
+    features=[track_content_fv[["lyrics_embedding", "audio_embedding", "metadata_embedding", "genes"]]],
+    description="Content embeddings per track, for building the model's item table.",
     tags={"team": "encore", "version": "1"},
 )

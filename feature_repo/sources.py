@@ -22,20 +22,24 @@ _cfg = (load_config() if os.environ.get("ENCORE_CONFIG") or os.environ.get("ENCO
 _ws = Workspace.at(_cfg.home)
 
 
-def _source(table: str, description: str) -> FileSource | SparkSource:
+def _source(table: str, description: str, by_date: bool = True,
+            written_by: str = "jobs/features.py") -> FileSource | SparkSource:
     path = _ws.feature_table(table)
     common = dict(
         name=f"{table}_source",
         timestamp_field="event_timestamp",
         created_timestamp_column="created",
         description=description,
-        tags={"team": "encore", "written_by": "jobs/features.py"},
+        tags={"team": "encore", "written_by": written_by},
     )
     if _cfg.feast.offline_store.type == "spark":
         return SparkSource(path=str(path), file_format="parquet", **common)
-    return FileSource(path=f"{path}/date=*/*.parquet", file_format=ParquetFormat(), **common)
+    glob = "date=*/*.parquet" if by_date else "*.parquet"
+    return FileSource(path=f"{path}/{glob}", file_format=ParquetFormat(), **common)
 
 
 user_daily_source = _source("user_daily", "User features as of the end of each day (change-point rows).")
 track_daily_source = _source("track_daily", "Track features as of the end of each day (change-point rows).")
 sessions_source = _source("sessions", "One row per session, stamped when the session is known to be over.")
+track_content_source = _source("track_content", "Content embeddings per track (current encoder versions).",
+                               by_date=False, written_by="jobs/embed.py")

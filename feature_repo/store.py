@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -23,8 +25,9 @@ import pandas as pd
 import pyarrow.dataset as ds
 import yaml
 
+from encore.core.atomic import write_json_atomic
 from encore.core.config import EncoreConfig, dump_yaml
-from encore.core.schemas import FEATURE_TABLES
+from encore.core.schemas import CONTENT_VALID_FROM, FEATURE_TABLES, TRACK_CONTENT_TABLE
 from encore.core.workspace import Workspace, partitions
 
 log = logging.getLogger(__name__)
@@ -32,8 +35,11 @@ log = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent
 # The modules `feast apply` imports from this folder, by the names it gives them (cwd-relative).
 _DEFINITION_MODULES = ("entities", "sources", "services", "views")
-# Which feature table feeds which view (for row counts in reports).
+# Which feature table feeds which view (for row counts in reports). Daily tables are partitioned
+# by date and materialized incrementally; static ones (one row per entity, stamped at
+# CONTENT_VALID_FROM) are reloaded whole whenever the job that writes them has run again.
 VIEW_TABLES = {"user_daily": "user_daily", "user_session": "sessions", "track_daily": "track_daily"}
+STATIC_VIEW_TABLES = {"track_content": TRACK_CONTENT_TABLE}
 
 
 class FeastError(RuntimeError):
@@ -183,8 +189,12 @@ def materialize(cfg: EncoreConfig, end: date | None = None, views: Sequence[str]
     chosen = [v for v in store.list_feature_views() if views is None or v.name in views]
     unknown = set(views or ()) - {v.name for v in chosen}
     if unknown:
-        raise FeastError(f"no feature view(s) {', '.join(sorted(unknown))}; have {', '.join(sorted(VIEW_TABLES))}")
+        raise FeastError(f"no feature view(s) {', '.join(sorted(unknown))}; "
+                         f"have {', '.join(sorted({**VIEW_TABLES, **STATIC_VIEW_TABLES}))}")
     for fv in sorted(chosen, key=lambda v: v.name):
+        if fv.name in STATIC_VIEW_TABLES:
+            report.views[fv.name] = _materialize_static(store, ws, fv, end_ts)
+            continue
         # Feast's own incremental mode starts a first run at wall-clock now - ttl, which skips a
         # lake whose data lies in the past: start from the data's end instead.
         start = fv.most_recent_end_time or (end_ts - fv.ttl)
@@ -202,11 +212,45 @@ def materialize(cfg: EncoreConfig, end: date | None = None, views: Sequence[str]
     return report
 
 
+def _materialize_static(store: Any, ws: Workspace, fv: Any, end_ts: datetime) -> dict[str, Any]:
+    """Load a whole static table (rows at CONTENT_VALID_FROM) once per new version of it.
+
+    Feast's incremental window would never look back at the epoch again, so the table's newest
+    ``created`` decides: unchanged since the last load, nothing to do.
+    """
+    view = fv.name
+    path = ws.feature_table(STATIC_VIEW_TABLES[view])
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else []
+    if not files:
+        log.warning("materialize %s: no table under %s yet (run `encore embed`); skipped", view, path)
+        return {"start": CONTENT_VALID_FROM.isoformat(), "end": end_ts.isoformat(), "source_rows": 0,
+                "skipped": f"no table under {path}: run `encore embed`"}
+    table = ds.dataset(files, format="parquet")
+    created = max(
+        (v for v in table.to_table(columns=["created"]).column("created").to_pylist() if v is not None),
+        default=CONTENT_VALID_FROM)
+    state_file = ws.feast / "static_views.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    loaded = state.get(view)
+    # A registry that never loaded the view (a fresh `feast apply`) loads it whatever the state says.
+    if loaded == created.isoformat() and fv.most_recent_end_time is not None:
+        return {"start": CONTENT_VALID_FROM.isoformat(), "end": end_ts.isoformat(), "source_rows": 0,
+                "unchanged_since": loaded}
+    with _quiet_stdout():
+        store.materialize(start_date=CONTENT_VALID_FROM, end_date=max(end_ts, created), feature_views=[view])
+    state[view] = created.isoformat()
+    write_json_atomic(state_file, state)
+    log.info("materialized %s: %d rows (created %s)", view, table.count_rows(), created)
+    return {"start": CONTENT_VALID_FROM.isoformat(), "end": end_ts.isoformat(), "source_rows": table.count_rows()}
+
+
 @contextlib.contextmanager
 def _quiet_stdout() -> Iterator[None]:
     """Feast prints coloured banners to stdout; keep them as debug log lines, not in our output."""
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    # Feast's ibis/DuckDB path raises DeprecationWarnings that say nothing to an Encore user.
+    with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         yield
     for line in buf.getvalue().splitlines():
         if line.strip():
@@ -231,11 +275,15 @@ def training_examples(cfg: EncoreConfig, entity_df: pd.DataFrame, service: str =
     return job.to_df().sort_values("_row").drop(columns="_row").reset_index(drop=True)
 
 
-def online_features(cfg: EncoreConfig, user_ids: Sequence[str], service: str = "scoring") -> pd.DataFrame:
-    """The online store's current values for ``user_ids`` (one row each, in order; nulls if unknown)."""
+def online_features(cfg: EncoreConfig, ids: Sequence[str], service: str = "scoring",
+                    key: str = "user_id") -> pd.DataFrame:
+    """The online store's current values for entity ``ids`` (one row each, in order; nulls if unknown).
+
+    ``key`` is the join key of the service's entity: ``user_id`` (scoring) or ``track_id`` (track_content).
+    """
     store = open_store(cfg)
     resp = store.get_online_features(features=store.get_feature_service(service),
-                                     entity_rows=[{"user_id": u} for u in user_ids], full_feature_names=True)
+                                     entity_rows=[{key: i} for i in ids], full_feature_names=True)
     return pd.DataFrame(resp.to_dict())
 
 

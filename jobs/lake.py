@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from encore.core.schemas import FEATURE_TABLES
+from encore.core.schemas import ENCODERS, FEATURE_TABLES, TRACK_CONTENT_TABLE
 from encore.core.workspace import Workspace, partitions
 
 
@@ -112,4 +112,16 @@ def summarize(ws: Workspace) -> dict[str, Any]:
                                                partitioning="hive").count_rows(),
                             "partitions": len(days), "first": days[0], "last": days[-1]}
     out["features"] = feats
+    content = ws.feature_table(TRACK_CONTENT_TABLE)
+    if content.is_dir() and any(content.glob("*.parquet")):
+        t = ds.dataset(content, format="parquet").to_table(
+            columns=[f"{e}_{c}" for e in ENCODERS for c in ("embedding", "version")])
+        out["content"] = {"rows": t.num_rows, "encoders": {
+            e: {"with_vector": t.num_rows - t[f"{e}_embedding"].null_count,
+                "version": t[f"{e}_version"][0].as_py() if t.num_rows else None} for e in ENCODERS}}
+    annotations = {}
+    for name, path in (("valid", ws.annotations), ("quarantined", ws.quarantine("annotations"))):
+        d = _dataset(path)
+        annotations[name] = 0 if d is None else d.count_rows()
+    out["annotations"] = annotations
     return out

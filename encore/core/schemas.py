@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 # LastFM-1K raw listens: no header, tab-separated, one listen per line, rows per user newest first.
 LISTEN_RAW_FIELDS = ("userid", "timestamp", "artid", "artname", "traid", "traname")
 LISTEN_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # 2009-05-04T23:08:57Z, always UTC
@@ -37,6 +39,36 @@ USER_COLUMNS = ("user_id", "gender", "age", "country", "registered")
 
 # Feature tables under lake/features/ (see jobs/features.py for the exact definitions).
 FEATURE_TABLES = ("listens", "sessions", "user_daily", "track_daily")
+# Content embeddings (jobs/embed.py): one encoder per modality, each with a version key.
+ENCODERS = ("lyrics", "audio", "metadata")
+TRACK_CONTENT_TABLE = "track_content"  # under lake/features/, one row per track
+# Content describes the recording, not a moment: its rows are stamped at this fixed epoch, so a
+# point-in-time join at any date finds them (``created`` orders rewrites).
+CONTENT_VALID_FROM = datetime(1970, 1, 1, tzinfo=UTC)
+# Why a track has no embedding for a modality. Never a zero vector: a null and one of these.
+CONTENT_REASONS = {
+    "lyrics": ("no_lyrics",),  # null or blank lyrics (instrumentals, unknown)
+    "audio": (
+        "no_audio",  # the catalog names no audio file
+        "missing_file",  # the named file does not exist
+        "unreadable",  # not a decodable audio file
+        "truncated",  # the file ends before the length its header declares
+        "bad_sample_rate",  # outside audio.min_sample_rate .. 192 kHz
+        "too_short",  # shorter than audio.min_seconds
+        "silent",  # no signal (RMS below -60 dBFS)
+    ),
+    "metadata": ("no_metadata",),  # no genes in the catalog and no valid LLM annotation
+}
+ENCODER_ERROR = "encoder_error"  # the encoder raised on this track (message in the job log)
+# Why an LLM annotation was rejected (jobs/annotate.py); the raw answer is kept in quarantine.
+ANNOTATION_REASONS = (
+    "no_json",  # no JSON object in the answer
+    "missing_genes",  # some of the 58 genes absent
+    "unknown_genes",  # keys that are not genes
+    "bad_value",  # a value that is not an integer 0..5
+    "timeout",  # the backend did not answer in time
+    "backend_error",  # HTTP error status, connection refused, generation failure
+)
 SHORT_WINDOW_DAYS = 7
 LONG_WINDOW_DAYS = 30
 

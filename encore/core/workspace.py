@@ -4,6 +4,9 @@
       lake/bronze/{listens,tracks,users}/   parquet; listens partitioned by date=YYYY-MM-DD
       lake/quarantine/{listens,tracks,users}/  rejected raw rows with a reason, partitioned by source
       lake/features/{listens,sessions,user_daily,track_daily}/  feature tables (Feast sources), by date
+      lake/features/track_content/          one row per track: current content embeddings (Feast source)
+      lake/content/embeddings/encoder=E/version=V/run=R/  every computed embedding (the incremental cache)
+      lake/content/annotations/run=R/       LLM gene annotations (cache); invalid ones in quarantine/annotations
       feast/  mlflow/  reports/<job>/  outputs/
       tmp/{staging,trash,journal}/          same filesystem as the lake, so renames are atomic
 """
@@ -59,6 +62,17 @@ class Workspace:
 
     def feature_table(self, name: str) -> Path:
         return self.features / name
+
+    @property
+    def content(self) -> Path:
+        return self.lake / "content"
+
+    def embeddings(self, encoder: str, version: str) -> Path:
+        return self.content / "embeddings" / f"encoder={encoder}" / f"version={version}"
+
+    @property
+    def annotations(self) -> Path:
+        return self.content / "annotations"
 
     @property
     def feast(self) -> Path:

@@ -42,9 +42,11 @@ def _user_daily(cfg: EncoreConfig) -> pd.DataFrame:
 def test_apply_registers_the_entities_views_and_services(applied: EncoreConfig) -> None:
     s = store.open_store(applied)
     assert sorted(e.name for e in s.list_entities()) == ["track", "user"]
-    assert sorted(v.name for v in s.list_feature_views()) == ["track_daily", "user_daily", "user_session"]
-    assert {"training", "scoring"} <= {f.name for f in s.list_feature_services()}
-    assert all(v.ttl.days > 0 for v in s.list_feature_views())
+    views = {v.name: v for v in s.list_feature_views()}
+    assert sorted(views) == ["track_content", "track_daily", "user_daily", "user_session"]
+    assert {"training", "scoring", "track_content"} <= {f.name for f in s.list_feature_services()}
+    assert all(v.ttl.days > 0 for name, v in views.items() if name != "track_content")
+    assert views["track_content"].ttl.total_seconds() == 0  # content never expires
 
 
 def test_online_lookup_serves_each_users_latest_row_and_nulls_for_strangers(applied: EncoreConfig) -> None:

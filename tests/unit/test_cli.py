@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from encore.cli import cli
 
-COMMANDS = [[], ["config"], ["config", "show"], ["sample-data"], ["ingest"], ["summary"]]
+COMMANDS = [[], ["config"], ["config", "show"], ["sample-data"], ["ingest"], ["features"], ["annotate"], ["embed"],
+            ["feast"], ["materialize"], ["summary"]]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "encore")

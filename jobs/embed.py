@@ -1,0 +1,363 @@
+"""Content embeddings for every catalog track, as a Ray Data job: lyrics, audio, metadata.
+
+    lake/content/embeddings/encoder=E/version=V/run=R/part-0.parquet
+        track_id, input_sha, embedding list<float32> (null when there was nothing to encode),
+        reason (why null; CONTENT_REASONS), computed_at. Every vector ever computed: the cache.
+    lake/features/track_content/part-0.parquet      (the Feast source of view `track_content`)
+        one row per catalog track: lyrics_embedding, audio_embedding, metadata_embedding (current
+        versions, null + *_reason where missing), genes + genes_source (catalog | llm | none),
+        the three versions, event_timestamp, created.
+
+Incremental: a track is encoded again only when no row exists for (track_id, encoder, version)
+with the same ``input_sha`` (a digest of what the encoder reads: the lyrics text, the genes, the
+audio file's path, size and mtime). A rerun computes nothing; a new version (see
+``jobs.encoders.encoder_specs``) recomputes everything for that encoder; a changed input or a new
+LLM annotation recomputes that track.
+
+Each encoder runs as a callable class in a Ray actor pool (``ActorPoolStrategy``): the model loads
+once per actor, a GPU per actor where the cluster has GPUs (``embed.num_gpus``), CPU otherwise.
+Results stream back to the driver and are written with pyarrow into staging, then published with
+the lake's journaled swap: a killed run leaves nothing visible and its rerun starts clean.
+
+Content describes the recording, not a moment, so ``event_timestamp`` is a fixed epoch
+(``CONTENT_VALID_FROM``): point-in-time joins at any date find it, and ``created`` (the newest
+vector's computation time) orders rewrites.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from encore.core import atomic, faults
+from encore.core.config import EncoreConfig
+from encore.core.schemas import CONTENT_VALID_FROM, ENCODER_ERROR, ENCODERS, TRACK_CONTENT_TABLE
+from encore.core.workspace import Workspace
+from jobs.encoders import EncoderSpec, build_encoder, encoder_specs
+
+log = logging.getLogger(__name__)
+
+_TS = pa.timestamp("us", tz="UTC")
+CACHE_SCHEMA = pa.schema([
+    ("track_id", pa.string()), ("input_sha", pa.string()), ("embedding", pa.list_(pa.float32())),
+    ("reason", pa.string()), ("computed_at", _TS),
+])
+
+
+class EmbedError(RuntimeError):
+    """The job cannot run (no catalog yet); the message says what to run first."""
+
+
+@dataclass
+class EncoderStats:
+    version: str = ""
+    dim: int | None = None
+    catalog: int = 0  # tracks in the catalog
+    cached: int = 0  # already had a vector (or a recorded reason) for this version and input
+    computed: int = 0  # sent to the encoder this run
+    embedded: int = 0  # of those, got a vector
+    missing: dict[str, int] = field(default_factory=dict)  # of those, reason -> count
+    seconds: float = 0.0
+    per_second: float | None = None  # computed / seconds
+
+
+@dataclass
+class EmbedReport:
+    run_id: str
+    started_at: str
+    tracks: int = 0
+    genes_from: dict[str, int] = field(default_factory=dict)  # catalog | llm | none
+    encoders: dict[str, EncoderStats] = field(default_factory=dict)
+    content_rows: int = 0
+    content_nulls: dict[str, int] = field(default_factory=dict)  # modality -> tracks without a vector
+    recovered_publications: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _sha(*parts: object) -> str:
+    return hashlib.sha1("\x1f".join("" if p is None else str(p) for p in parts).encode()).hexdigest()[:20]
+
+
+def read_catalog(cfg: EncoreConfig) -> pa.Table:
+    """Bronze tracks with genes filled from LLM annotations where the catalog has none.
+
+    Columns: track_id, artist_name, track_name, lyrics, audio_path, genes, genes_source.
+    """
+    from jobs.annotate import current_annotations
+
+    ws = Workspace.at(cfg.home)
+    if not ws.tracks.is_dir() or not any(ws.tracks.glob("*.parquet")):
+        raise EmbedError(f"no track catalog under {ws.tracks}: run `encore ingest --catalog ...` first")
+    cat = ds.dataset(ws.tracks, format="parquet").to_table(
+        columns=["track_id", "artist_name", "track_name", "lyrics", "audio_path", "genes"]).sort_by("track_id")
+    llm = current_annotations(cfg)
+    llm_genes = dict(zip(llm.column("track_id").to_pylist(), llm.column("genes").to_pylist(), strict=True))
+    genes = cat.column("genes").to_pylist()
+    source = []
+    for i, tid in enumerate(cat.column("track_id").to_pylist()):
+        # An annotation exists for a track with catalog genes only when asked for (--force): then
+        # the LLM's answer is what the user wanted.
+        if tid in llm_genes:
+            genes[i] = llm_genes[tid]
+            source.append("llm")
+        else:
+            source.append("catalog" if genes[i] is not None else "none")
+    cat = cat.set_column(cat.schema.get_field_index("genes"), "genes", pa.array(genes, pa.list_(pa.float32())))
+    return cat.append_column("genes_source", pa.array(source, pa.string()))
+
+
+def encoder_inputs(name: str, catalog: pa.Table) -> pa.Table:
+    """The columns encoder ``name`` reads, plus ``input_sha``: a digest of exactly those inputs."""
+    tids = catalog.column("track_id").to_pylist()
+    if name == "lyrics":
+        cols = {"lyrics": catalog.column("lyrics")}
+        shas = [_sha(t) for t in catalog.column("lyrics").to_pylist()]
+    elif name == "audio":
+        cols = {"audio_path": catalog.column("audio_path")}
+        shas = []
+        for p in catalog.column("audio_path").to_pylist():
+            try:
+                st = os.stat(p) if p else None
+            except OSError:
+                st = None
+            # The file's identity without reading it; a file that appears later changes the digest.
+            shas.append(_sha(p, st.st_size, st.st_mtime_ns) if st else _sha(p, "absent"))
+    elif name == "metadata":
+        cols = {"genes": catalog.column("genes")}
+        shas = [_sha(None if g is None else np.asarray(g, np.float32).tobytes().hex())
+                for g in catalog.column("genes").to_pylist()]
+    else:
+        raise ValueError(f"unknown encoder {name!r}")
+    return pa.table({"track_id": pa.array(tids, pa.string()), "input_sha": pa.array(shas, pa.string()), **cols})
+
+
+def cached(ws: Workspace, spec: EncoderSpec, extra: Sequence[pa.Table] = ()) -> pa.Table:
+    """The newest cache row per track for ``spec``'s version (plus ``extra`` staged rows)."""
+    folder = ws.embeddings(spec.name, spec.version)
+    parts = [ds.dataset(folder, format="parquet", partitioning="hive").to_table(columns=CACHE_SCHEMA.names)
+             .cast(CACHE_SCHEMA)] if folder.is_dir() and any(folder.rglob("*.parquet")) else []
+    t = pa.concat_tables([*parts, *extra]) if parts or extra else CACHE_SCHEMA.empty_table()
+    if t.num_rows == 0:
+        return t
+    t = t.sort_by([("track_id", "ascending"), ("computed_at", "descending")])
+    tid = t.column("track_id")
+    first = pc.not_equal(tid.slice(1), tid.slice(0, len(tid) - 1)).to_pylist()
+    return t.filter(pa.array([True, *first]))
+
+
+# ---------------------------------------------------------------- the Ray part
+
+
+class EncodeBatch:
+    """Ray Data callable class: builds one encoder per actor, then encodes batches.
+
+    In: track_id, input_sha + the encoder's columns. Out: the cache schema minus computed_at.
+    One bad track costs that track (reason ``encoder_error``), never the batch or the job.
+    """
+
+    def __init__(self, spec: EncoderSpec, threads: int) -> None:
+        import torch
+        import transformers
+
+        torch.set_num_threads(max(1, threads))
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        self.spec = spec
+        self.encoder = build_encoder(spec)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        try:
+            vecs, reasons = self.encoder.encode(batch)
+        except Exception:
+            log.exception("%s encoder failed on a batch; retrying its %d tracks one by one", self.spec.name,
+                          batch.num_rows)
+            vecs, reasons = [], []
+            for i in range(batch.num_rows):
+                try:
+                    v, r = self.encoder.encode(batch.slice(i, 1))
+                except Exception as exc:
+                    log.error("%s encoder failed on track %s: %s", self.spec.name,
+                              batch.column("track_id")[i].as_py(), exc)
+                    v, r = [None], [ENCODER_ERROR]
+                vecs += v
+                reasons += r
+        emb = pa.array([None if v is None else np.asarray(v, np.float32) for v in vecs], pa.list_(pa.float32()))
+        return pa.table({"track_id": batch.column("track_id"), "input_sha": batch.column("input_sha"),
+                         "embedding": emb, "reason": pa.array(reasons, pa.string())})
+
+
+def _actor_resources(ray: Any, cfg: EncoreConfig) -> tuple[float, float]:
+    """(CPUs, GPUs) per actor: the largest node's CPUs shared by the pool; a GPU each if any exist."""
+    from jobs.ray_session import gpus_per_actor
+
+    node_cpus = max((n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+    return max(1.0, node_cpus // cfg.embed.actors), gpus_per_actor(ray, cfg.embed.num_gpus)
+
+
+def run_encoder(cfg: EncoreConfig, spec: EncoderSpec, todo: pa.Table, batch_size: int) -> pa.Table:
+    """Encode ``todo`` (track_id, input_sha, inputs) in a Ray actor pool; rows come back sorted."""
+    from jobs.ray_session import get_ray
+
+    ray = get_ray(cfg.ray)
+    cpus, gpus = _actor_resources(ray, cfg)
+    n = cfg.embed.rows_per_block
+    blocks = [todo.slice(i, n) for i in range(0, todo.num_rows, n)]
+    dataset = ray.data.from_arrow(blocks).map_batches(
+        EncodeBatch,
+        fn_constructor_kwargs={"spec": spec, "threads": int(cpus)},
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cfg.embed.actors),
+        num_cpus=cpus,
+        num_gpus=gpus,
+    )
+    # Stream results to the driver rather than `write_parquet`: no extra write tasks compete with
+    # the actors for CPUs, and the output is one sorted, deterministic file per run.
+    parts = list(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
+    out = pa.concat_tables(parts) if parts else todo.select(["track_id", "input_sha"]).slice(0, 0)
+    return out.sort_by("track_id")
+
+
+# ---------------------------------------------------------------- the job
+
+
+def _batch_size(cfg: EncoreConfig, name: str) -> int:
+    return cfg.embed.audio.batch_size if name == "audio" else cfg.embed.text.batch_size
+
+
+def _content_table(catalog: pa.Table, latest: dict[str, pa.Table], specs: dict[str, EncoderSpec],
+                   report: EmbedReport) -> pa.Table:
+    """One row per catalog track, joining each encoder's newest row that matches the current input."""
+    tids = catalog.column("track_id").to_pylist()
+    cols: dict[str, Any] = {"track_id": pa.array(tids, pa.string())}
+    created = CONTENT_VALID_FROM
+    for name in ENCODERS:
+        inputs = encoder_inputs(name, catalog)
+        rows = latest[name]
+        by_tid = {t: i for i, t in enumerate(rows.column("track_id").to_pylist())}
+        shas, embs, reasons = (rows.column(c).to_pylist() for c in ("input_sha", "embedding", "reason"))
+        vec_col, reason_col = [], []
+        for tid, sha in zip(tids, inputs.column("input_sha").to_pylist(), strict=True):
+            i = by_tid.get(tid)
+            if i is None or shas[i] != sha:  # cannot happen after a complete run; say so if it does
+                vec_col.append(None)
+                reason_col.append("not_computed")
+            else:
+                vec_col.append(embs[i])
+                reason_col.append(reasons[i])
+        if rows.num_rows:
+            created = max(created, pc.max(rows.column("computed_at")).as_py())
+        cols[f"{name}_embedding"] = pa.array(vec_col, pa.list_(pa.float32()))
+        cols[f"{name}_reason"] = pa.array(reason_col, pa.string())
+        cols[f"{name}_version"] = pa.array([specs[name].version] * len(tids), pa.string())
+        report.content_nulls[name] = sum(v is None for v in vec_col)
+    cols["genes"] = catalog.column("genes")
+    cols["genes_source"] = catalog.column("genes_source")
+    cols["event_timestamp"] = pa.array([CONTENT_VALID_FROM] * len(tids), _TS)
+    cols["created"] = pa.array([created] * len(tids), _TS)
+    return pa.table(cols)
+
+
+def embed(cfg: EncoreConfig) -> EmbedReport:
+    """Compute the missing content embeddings and publish the ``track_content`` Feast source."""
+    t0 = time.perf_counter()
+    run_id = atomic.new_run_id()
+    ws = Workspace.at(cfg.home)
+    report = EmbedReport(run_id=run_id, started_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    # The lake lock, like every writer of lake/: recovery and staging cleanup must not race a
+    # publication of another job.
+    with ws.lock("lake"):
+        report.recovered_publications = atomic.recover(ws.journals)
+        shutil.rmtree(ws.tmp / "staging", ignore_errors=True)
+        stage = ws.staging(run_id)
+        catalog = read_catalog(cfg)
+        report.tracks = catalog.num_rows
+        report.genes_from = dict(Counter(catalog.column("genes_source").to_pylist()))
+        specs = encoder_specs(cfg.embed)
+        swaps: list[atomic.Swap] = []
+        latest: dict[str, pa.Table] = {}
+        for name in ENCODERS:
+            spec = specs[name]
+            stats = report.encoders.setdefault(name, EncoderStats(version=spec.version, catalog=catalog.num_rows))
+            inputs = encoder_inputs(name, catalog)
+            have = cached(ws, spec)
+            done = set(zip(have.column("track_id").to_pylist(), have.column("input_sha").to_pylist(), strict=True))
+            need = [(t, s) not in done for t, s in zip(inputs.column("track_id").to_pylist(),
+                                                       inputs.column("input_sha").to_pylist(), strict=True)]
+            todo = inputs.filter(pa.array(need, pa.bool_()))
+            stats.cached, stats.computed = inputs.num_rows - todo.num_rows, todo.num_rows
+            log.info("embed %s %s: %d tracks to encode, %d cached", name, spec.version, todo.num_rows, stats.cached)
+            new: list[pa.Table] = []
+            if todo.num_rows:
+                t1 = time.perf_counter()
+                out = run_encoder(cfg, spec, todo, _batch_size(cfg, name))
+                stats.seconds = round(time.perf_counter() - t1, 3)
+                stats.per_second = round(todo.num_rows / stats.seconds, 2) if stats.seconds else None
+                now = datetime.now(UTC)
+                out = out.append_column("computed_at", pa.array([now] * out.num_rows, _TS)).cast(CACHE_SCHEMA)
+                reasons = Counter(r for r in out.column("reason").to_pylist() if r is not None)
+                stats.missing = dict(sorted(reasons.items()))
+                stats.embedded = out.num_rows - sum(reasons.values())
+                dims = {len(v) for v in out.column("embedding").to_pylist() if v is not None}
+                stats.dim = dims.pop() if len(dims) == 1 else None
+                live = ws.embeddings(name, spec.version) / f"run={run_id}"
+                staged = stage / "embeddings" / name
+                staged.mkdir(parents=True)
+                pq.write_table(out, staged / "part-0.parquet")
+                swaps.append(atomic.Swap(staged, live, ws.trash / run_id / "embeddings" / name))
+                new.append(out)
+                log.info("embed %s: %d vectors, missing %s, %.1f tracks/s", name, stats.embedded,
+                         stats.missing or "none", stats.per_second or 0)
+            latest[name] = cached(ws, spec, new)
+            if stats.dim is None:
+                dims = {len(v) for v in latest[name].column("embedding").to_pylist() if v is not None}
+                stats.dim = dims.pop() if len(dims) == 1 else None
+        content = _content_table(catalog, latest, specs, report)
+        report.content_rows = content.num_rows
+        staged = stage / TRACK_CONTENT_TABLE
+        staged.mkdir(parents=True)
+        pq.write_table(content, staged / "part-0.parquet")
+        trash = ws.trash / run_id / TRACK_CONTENT_TABLE
+        swaps.append(atomic.Swap(staged, ws.feature_table(TRACK_CONTENT_TABLE), trash))
+        faults.point("embed.staged")
+        atomic.publish(swaps, ws.journals / f"{run_id}.json")
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(ws.trash / run_id, ignore_errors=True)
+        report.seconds = round(time.perf_counter() - t0, 3)
+        atomic.write_report(ws.reports("embed"), run_id, report.to_dict())
+    log.info("embed %s: %d tracks, content nulls %s, %.1f s", run_id, report.tracks, report.content_nulls,
+             report.seconds)
+    return report
+
+
+def read_content(cfg: EncoreConfig) -> pa.Table:
+    """The published ``track_content`` table (empty when ``encore embed`` has not run)."""
+    path = Workspace.at(cfg.home).feature_table(TRACK_CONTENT_TABLE)
+    if not path.is_dir():
+        return pa.table({})
+    return ds.dataset(path, format="parquet").to_table()
+
+
+__all__ = ["CONTENT_VALID_FROM", "EmbedError", "EmbedReport", "embed", "encoder_inputs", "read_catalog",
+           "read_content", "run_encoder"]
+

@@ -1,0 +1,63 @@
+"""`track_content` through Feast: the embeddings `encore embed` wrote come back offline and online."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from encore.core.config import EmbedConfig, EncoreConfig
+from feature_repo import store
+from jobs.embed import embed, read_content
+from tests.conftest import copy_home
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def content_store(featured_home: EncoreConfig, tmp_path_factory: pytest.TempPathFactory, ray_local) -> EncoreConfig:
+    cfg = copy_home(featured_home, tmp_path_factory.mktemp("content") / "home")
+    cfg = cfg.model_copy(update={"embed": EmbedConfig(metadata="genes")})
+    embed(cfg)
+    store.apply(cfg)
+    return cfg
+
+
+def test_materialize_loads_track_content_once_per_embed_run(content_store: EncoreConfig) -> None:
+    n = read_content(content_store).num_rows
+    first = store.materialize(content_store, views=["track_content"])
+    assert first.views["track_content"]["source_rows"] == n
+    again = store.materialize(content_store, views=["track_content"])
+    assert again.views["track_content"]["source_rows"] == 0 and "unchanged_since" in again.views["track_content"]
+
+
+def test_online_lookup_returns_the_embeddings_and_nulls_where_content_is_missing(content_store: EncoreConfig) -> None:
+    store.materialize(content_store, views=["track_content"])
+    table = read_content(content_store).to_pandas().set_index("track_id")
+    with_audio = list(table.index[table.audio_embedding.notna()][:3])
+    without_audio = list(table.index[table.audio_embedding.isna()][:2])
+    ids = [*with_audio, *without_audio, "no-such-track"]
+    got = store.online_features(content_store, ids, service="track_content", key="track_id")
+    assert list(got.track_id) == ids
+    for i, t in enumerate(with_audio):
+        np.testing.assert_allclose(got.track_content__audio_embedding[i], table.loc[t, "audio_embedding"])
+        np.testing.assert_allclose(got.track_content__lyrics_embedding[i], table.loc[t, "lyrics_embedding"]
+                                   if table.loc[t, "lyrics_embedding"] is not None else [])
+    assert all(got.track_content__audio_embedding[len(with_audio) + k] is None for k in range(len(without_audio)))
+    assert got.track_content__genes.iloc[-1] is None  # unknown track: null, not zeros
+
+
+def test_point_in_time_join_finds_content_at_any_date(content_store: EncoreConfig) -> None:
+    table = read_content(content_store).to_pandas()
+    tracks = list(table.track_id[:4])
+    entity = pd.DataFrame({"track_id": tracks * 2, "event_timestamp": [datetime(2005, 1, 1, tzinfo=UTC)] * 4
+                           + [datetime(2009, 5, 1, tzinfo=UTC)] * 4})
+    s = store.open_store(content_store)
+    got = s.get_historical_features(entity_df=entity, features=["track_content:genes", "track_content:genes_source"]
+                                    ).to_df()
+    assert len(got) == 8 and got.genes.notna().all()
+    want = table.set_index("track_id").genes
+    for _, row in got.iterrows():
+        np.testing.assert_allclose(row.genes, want[row.track_id])
