@@ -283,12 +283,14 @@ def embed(ctx: click.Context, as_json: bool) -> None:
                + ", ".join(f"{k} {v:,}" for k, v in sorted(report.genes_from.items())))
     if report.recovered_publications:
         click.echo(f"  finished {report.recovered_publications} publication(s) left by an interrupted run")
-    click.echo(f"  {'encoder':<9} {'version':<14} {'dim':>4} {'cached':>8} {'computed':>9} {'tracks/s':>9}  missing")
+    if report.tracks_per_second:
+        click.echo(f"  encoded in {report.encode_seconds:.1f}s ({report.tracks_per_second:,.1f} tracks/s, "
+                   "all encoders at once)")
+    click.echo(f"  {'encoder':<9} {'version':<14} {'dim':>4} {'cached':>8} {'computed':>9}  missing")
     for name, e in report.encoders.items():
         missing = ", ".join(f"{k} {v:,}" for k, v in e.missing.items()) or "-"
-        rate = f"{e.per_second:,.1f}" if e.per_second else "-"
         dim = e.dim or "-"
-        click.echo(f"  {name:<9} {e.version:<14} {dim:>4} {e.cached:>8,} {e.computed:>9,} {rate:>9}  {missing}")
+        click.echo(f"  {name:<9} {e.version:<14} {dim:>4} {e.cached:>8,} {e.computed:>9,}  {missing}")
     nulls = ", ".join(f"{k} {v:,}" for k, v in report.content_nulls.items())
     click.echo(f"  track_content: {report.content_rows:,} rows; without a vector: {nulls}")
     click.echo(f"report: {Path(cfg.home).resolve() / 'reports' / 'embed' / (report.run_id + '.json')}")

@@ -14,10 +14,12 @@ audio file's path, size and mtime). A rerun computes nothing; a new version (see
 ``jobs.encoders.encoder_specs``) recomputes everything for that encoder; a changed input or a new
 LLM annotation recomputes that track.
 
-Each encoder runs as a callable class in a Ray actor pool (``ActorPoolStrategy``): the model loads
-once per actor, a GPU per actor where the cluster has GPUs (``embed.num_gpus``), CPU otherwise.
-Results stream back to the driver and are written with pyarrow into staging, then published with
-the lake's journaled swap: a killed run leaves nothing visible and its rerun starts clean.
+Each encoder runs as a callable class in its own Ray actor pool (``ActorPoolStrategy``), chained
+in one streaming pipeline over the tracks that need any encoder (see :func:`run_encoders`): each
+model loads once per actor, on a GPU where the cluster has GPUs (``embed.num_gpus``), CPU
+otherwise. Results stream back to the driver and are written with pyarrow into staging, then
+published with the lake's journaled swap: a killed run leaves nothing visible and its rerun
+starts clean.
 
 Content describes the recording, not a moment, so ``event_timestamp`` is a fixed epoch
 (``CONTENT_VALID_FROM``): point-in-time joins at any date find it, and ``created`` (the newest
@@ -71,8 +73,6 @@ class EncoderStats:
     computed: int = 0  # sent to the encoder this run
     embedded: int = 0  # of those, got a vector
     missing: dict[str, int] = field(default_factory=dict)  # of those, reason -> count
-    seconds: float = 0.0
-    per_second: float | None = None  # computed / seconds
 
 
 @dataclass
@@ -82,6 +82,8 @@ class EmbedReport:
     tracks: int = 0
     genes_from: dict[str, int] = field(default_factory=dict)  # catalog | llm | none
     encoders: dict[str, EncoderStats] = field(default_factory=dict)
+    encode_seconds: float = 0.0  # the Ray pipeline, all encoders together (they run at once)
+    tracks_per_second: float | None = None  # tracks needing any encoder / encode_seconds
     content_rows: int = 0
     content_nulls: dict[str, int] = field(default_factory=dict)  # modality -> tracks without a vector
     recovered_publications: int = 0
@@ -169,10 +171,12 @@ def cached(ws: Workspace, spec: EncoderSpec, extra: Sequence[pa.Table] = ()) -> 
 
 
 class EncodeBatch:
-    """Ray Data callable class: builds one encoder per actor, then encodes batches.
+    """Ray Data callable class: one encoder per actor, applied to the rows of a batch that need it.
 
-    In: track_id, input_sha + the encoder's columns. Out: the cache schema minus computed_at.
-    One bad track costs that track (reason ``encoder_error``), never the batch or the job.
+    In: a pipeline batch (track_id, lyrics, audio_path, genes, need_<encoder> for each encoder).
+    Out: the same batch plus ``<name>_embedding`` and ``<name>_reason`` (both null on rows this
+    encoder was not asked for). One bad track costs that track (reason ``encoder_error``), never
+    the batch or the job.
     """
 
     def __init__(self, spec: EncoderSpec, threads: int) -> None:
@@ -185,64 +189,82 @@ class EncodeBatch:
         self.spec = spec
         self.encoder = build_encoder(spec)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def _encode(self, rows: pa.Table) -> tuple[list[Any], list[str | None]]:
         try:
-            vecs, reasons = self.encoder.encode(batch)
+            return self.encoder.encode(rows)
         except Exception:
             log.exception("%s encoder failed on a batch; retrying its %d tracks one by one", self.spec.name,
-                          batch.num_rows)
-            vecs, reasons = [], []
-            for i in range(batch.num_rows):
-                try:
-                    v, r = self.encoder.encode(batch.slice(i, 1))
-                except Exception as exc:
-                    log.error("%s encoder failed on track %s: %s", self.spec.name,
-                              batch.column("track_id")[i].as_py(), exc)
-                    v, r = [None], [ENCODER_ERROR]
-                vecs += v
-                reasons += r
-        emb = pa.array([None if v is None else np.asarray(v, np.float32) for v in vecs], pa.list_(pa.float32()))
-        return pa.table({"track_id": batch.column("track_id"), "input_sha": batch.column("input_sha"),
-                         "embedding": emb, "reason": pa.array(reasons, pa.string())})
+                          rows.num_rows)
+        vecs: list[Any] = []
+        reasons: list[str | None] = []
+        for i in range(rows.num_rows):
+            try:
+                v, r = self.encoder.encode(rows.slice(i, 1))
+            except Exception as exc:
+                log.error("%s encoder failed on track %s: %s", self.spec.name, rows.column("track_id")[i].as_py(), exc)
+                v, r = [None], [ENCODER_ERROR]
+            vecs += v
+            reasons += r
+        return vecs, reasons
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        name = self.spec.name
+        need = np.flatnonzero(batch.column(f"need_{name}").to_numpy(zero_copy_only=False))
+        vecs: list[Any] = [None] * batch.num_rows
+        reasons: list[str | None] = [None] * batch.num_rows
+        if len(need):
+            got, why = self._encode(batch.take(pa.array(need)))
+            for i, v, r in zip(need, got, why, strict=True):
+                vecs[i], reasons[i] = (None if v is None else np.asarray(v, np.float32)), r
+        return (batch.append_column(f"{name}_embedding", pa.array(vecs, pa.list_(pa.float32())))
+                .append_column(f"{name}_reason", pa.array(reasons, pa.string())))
 
 
-def _actor_resources(ray: Any, cfg: EncoreConfig) -> tuple[float, float]:
-    """(CPUs, GPUs) per actor: the largest node's CPUs shared by the pool; a GPU each if any exist."""
-    from jobs.ray_session import gpus_per_actor
-
-    node_cpus = max((n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
-    return max(1.0, node_cpus // cfg.embed.actors), gpus_per_actor(ray, cfg.embed.num_gpus)
+def _uses_gpu(spec: EncoderSpec) -> bool:
+    """Torch models gain from a GPU; librosa descriptors run on CPU whatever the node has."""
+    return spec.settings.get("kind") != "audio-descriptors" and spec.settings.get("kind") != "metadata-genes"
 
 
-def run_encoder(cfg: EncoreConfig, spec: EncoderSpec, todo: pa.Table, batch_size: int) -> pa.Table:
-    """Encode ``todo`` (track_id, input_sha, inputs) in a Ray actor pool; rows come back sorted."""
-    from jobs.ray_session import get_ray
+def run_encoders(cfg: EncoreConfig, specs: Sequence[EncoderSpec], todo: pa.Table) -> pa.Table:
+    """Encode ``todo`` with every encoder in ``specs`` in one streaming Ray Data pipeline.
+
+    ``todo``: track_id, lyrics, audio_path, genes and ``need_<name>`` per encoder. One
+    ``map_batches`` stage per encoder, each a callable class in its own actor pool, all running at
+    once: models load in parallel and blocks stream from one stage to the next, so the librosa
+    stage (one core) overlaps the text stages. CPUs are shared out so every actor fits at once;
+    GPU stages split ``embed.num_gpus`` where the cluster has GPUs. Rows come back sorted.
+    """
+    from jobs.ray_session import get_ray, gpus_per_actor
 
     ray = get_ray(cfg.ray)
-    cpus, gpus = _actor_resources(ray, cfg)
+    actors = cfg.embed.actors
+    node_cpus = max((n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+    gpu_stages = sum(_uses_gpu(s) for s in specs) or 1
     n = cfg.embed.rows_per_block
-    blocks = [todo.slice(i, n) for i in range(0, todo.num_rows, n)]
-    dataset = ray.data.from_arrow(blocks).map_batches(
-        EncodeBatch,
-        fn_constructor_kwargs={"spec": spec, "threads": int(cpus)},
-        batch_format="pyarrow",
-        batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.embed.actors),
-        num_cpus=cpus,
-        num_gpus=gpus,
-    )
-    # Stream results to the driver rather than `write_parquet`: no extra write tasks compete with
-    # the actors for CPUs, and the output is one sorted, deterministic file per run.
+    dataset = ray.data.from_arrow([todo.slice(i, n) for i in range(0, todo.num_rows, n)])
+    for spec in specs:
+        dataset = dataset.map_batches(
+            EncodeBatch,
+            # Threads per actor: the node's cores over the pool, not over the stages - a stage that
+            # waits on its neighbours should not leave cores idle; torch yields them when idle.
+            fn_constructor_kwargs={"spec": spec, "threads": int(max(1, node_cpus // actors))},
+            batch_format="pyarrow",
+            batch_size=_batch_size(cfg, spec.name),
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=node_cpus / (len(specs) * actors),
+            num_gpus=gpus_per_actor(ray, cfg.embed.num_gpus / gpu_stages) if _uses_gpu(spec) else 0,
+        )
+    # Stream results to the driver rather than `write_parquet`: no write tasks compete with the
+    # actors for CPUs, and the output is one sorted, deterministic file per encoder and run.
     parts = list(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
-    out = pa.concat_tables(parts) if parts else todo.select(["track_id", "input_sha"]).slice(0, 0)
-    return out.sort_by("track_id")
-
-
-# ---------------------------------------------------------------- the job
+    return pa.concat_tables(parts).sort_by("track_id")
 
 
 def _batch_size(cfg: EncoreConfig, name: str) -> int:
     return cfg.embed.audio.batch_size if name == "audio" else cfg.embed.text.batch_size
+
+
+# ---------------------------------------------------------------- the job
 
 
 def _content_table(catalog: pa.Table, latest: dict[str, pa.Table], specs: dict[str, EncoderSpec],
@@ -295,43 +317,54 @@ def embed(cfg: EncoreConfig) -> EmbedReport:
         report.genes_from = dict(Counter(catalog.column("genes_source").to_pylist()))
         specs = encoder_specs(cfg.embed)
         swaps: list[atomic.Swap] = []
-        latest: dict[str, pa.Table] = {}
+        todo = catalog.select(["track_id", "lyrics", "audio_path", "genes"])
+        shas: dict[str, pa.Array] = {}
         for name in ENCODERS:
             spec = specs[name]
             stats = report.encoders.setdefault(name, EncoderStats(version=spec.version, catalog=catalog.num_rows))
-            inputs = encoder_inputs(name, catalog)
+            inputs = encoder_inputs(name, catalog)  # same row order as the catalog
             have = cached(ws, spec)
             done = set(zip(have.column("track_id").to_pylist(), have.column("input_sha").to_pylist(), strict=True))
-            need = [(t, s) not in done for t, s in zip(inputs.column("track_id").to_pylist(),
+            need = [(t, h) not in done for t, h in zip(inputs.column("track_id").to_pylist(),
                                                        inputs.column("input_sha").to_pylist(), strict=True)]
-            todo = inputs.filter(pa.array(need, pa.bool_()))
-            stats.cached, stats.computed = inputs.num_rows - todo.num_rows, todo.num_rows
-            log.info("embed %s %s: %d tracks to encode, %d cached", name, spec.version, todo.num_rows, stats.cached)
+            shas[name] = inputs.column("input_sha")
+            todo = todo.append_column(f"need_{name}", pa.array(need, pa.bool_()))
+            stats.computed = sum(need)
+            stats.cached = inputs.num_rows - stats.computed
+            log.info("embed %s %s: %d tracks to encode, %d cached", name, spec.version, stats.computed, stats.cached)
+        for name in ENCODERS:
+            todo = todo.append_column(f"sha_{name}", shas[name])
+        active = [specs[n] for n in ENCODERS if report.encoders[n].computed]
+        todo = todo.filter(pc.or_(pc.or_(todo["need_lyrics"], todo["need_audio"]), todo["need_metadata"]))
+        out = todo.slice(0, 0)
+        if active:
+            t1 = time.perf_counter()
+            out = run_encoders(cfg, active, todo)
+            report.encode_seconds = round(time.perf_counter() - t1, 3)
+            report.tracks_per_second = round(todo.num_rows / report.encode_seconds, 2)
+        now = datetime.now(UTC)
+        latest: dict[str, pa.Table] = {}
+        for name in ENCODERS:
+            stats = report.encoders[name]
             new: list[pa.Table] = []
-            if todo.num_rows:
-                t1 = time.perf_counter()
-                out = run_encoder(cfg, spec, todo, _batch_size(cfg, name))
-                stats.seconds = round(time.perf_counter() - t1, 3)
-                stats.per_second = round(todo.num_rows / stats.seconds, 2) if stats.seconds else None
-                now = datetime.now(UTC)
-                out = out.append_column("computed_at", pa.array([now] * out.num_rows, _TS)).cast(CACHE_SCHEMA)
-                reasons = Counter(r for r in out.column("reason").to_pylist() if r is not None)
+            if stats.computed:
+                rows = out.filter(out[f"need_{name}"])
+                res = pa.table({"track_id": rows["track_id"], "input_sha": rows[f"sha_{name}"],
+                                "embedding": rows[f"{name}_embedding"], "reason": rows[f"{name}_reason"],
+                                "computed_at": pa.array([now] * rows.num_rows, _TS)}).cast(CACHE_SCHEMA)
+                reasons = Counter(r for r in res.column("reason").to_pylist() if r is not None)
                 stats.missing = dict(sorted(reasons.items()))
-                stats.embedded = out.num_rows - sum(reasons.values())
-                dims = {len(v) for v in out.column("embedding").to_pylist() if v is not None}
-                stats.dim = dims.pop() if len(dims) == 1 else None
-                live = ws.embeddings(name, spec.version) / f"run={run_id}"
+                stats.embedded = res.num_rows - sum(reasons.values())
                 staged = stage / "embeddings" / name
                 staged.mkdir(parents=True)
-                pq.write_table(out, staged / "part-0.parquet")
+                pq.write_table(res, staged / "part-0.parquet")
+                live = ws.embeddings(name, specs[name].version) / f"run={run_id}"
                 swaps.append(atomic.Swap(staged, live, ws.trash / run_id / "embeddings" / name))
-                new.append(out)
-                log.info("embed %s: %d vectors, missing %s, %.1f tracks/s", name, stats.embedded,
-                         stats.missing or "none", stats.per_second or 0)
-            latest[name] = cached(ws, spec, new)
-            if stats.dim is None:
-                dims = {len(v) for v in latest[name].column("embedding").to_pylist() if v is not None}
-                stats.dim = dims.pop() if len(dims) == 1 else None
+                new.append(res)
+                log.info("embed %s: %d vectors, missing %s", name, stats.embedded, stats.missing or "none")
+            latest[name] = cached(ws, specs[name], new)
+            dims = {len(v) for v in latest[name].column("embedding").to_pylist() if v is not None}
+            stats.dim = dims.pop() if len(dims) == 1 else None
         content = _content_table(catalog, latest, specs, report)
         report.content_rows = content.num_rows
         staged = stage / TRACK_CONTENT_TABLE
@@ -359,5 +392,5 @@ def read_content(cfg: EncoreConfig) -> pa.Table:
 
 
 __all__ = ["CONTENT_VALID_FROM", "EmbedError", "EmbedReport", "embed", "encoder_inputs", "read_catalog",
-           "read_content", "run_encoder"]
+           "read_content", "run_encoders"]
 

@@ -166,6 +166,8 @@ def test_one_failing_track_costs_that_track_not_the_batch(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(embed, "build_encoder", lambda spec: Flaky())
     call = embed.EncodeBatch(EncoderSpec("lyrics", "1-x"), threads=1)
-    out = call(pa.table({"track_id": ["a", "b", "c"], "input_sha": ["1", "2", "3"], "lyrics": ["x", "boom", "y"]}))
-    assert out.column("reason").to_pylist() == [None, ENCODER_ERROR, None]
-    assert out.column("embedding").to_pylist()[1] is None
+    out = call(pa.table({"track_id": ["a", "b", "c", "d"], "lyrics": ["x", "boom", "y", "boom"],
+                         "need_lyrics": [True, True, True, False]}))
+    # d was not asked for: no vector and no reason, and its "boom" never reached the encoder.
+    assert out.column("lyrics_reason").to_pylist() == [None, ENCODER_ERROR, None, None]
+    assert [v is None for v in out.column("lyrics_embedding").to_pylist()] == [False, True, False, True]
