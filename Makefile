@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/feature_store.py --home .encore/bench-features/u1000-t50000-d365-s0/home
+	$(BIN)/python bench/embed.py
 
 clean:
 	rm -rf .encore .pytest_cache
