@@ -191,6 +191,20 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+# Model and prompt paths a profile file may give relative to itself (like ``home``).
+_FILE_RELATIVE = (("embed", "text", "path"), ("embed", "audio", "path"), ("annotate", "model_path"),
+                  ("annotate", "prompt"))
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    for keys in _FILE_RELATIVE:
+        node: Any = data
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str) and not Path(node[keys[-1]]).is_absolute():
+            node[keys[-1]] = str(base / node[keys[-1]])
+
+
 def load_config(path: Path | str | None = None, home: Path | str | None = None) -> EncoreConfig:
     """Build the effective config.
 
@@ -215,6 +229,7 @@ def load_config(path: Path | str | None = None, home: Path | str | None = None) 
         if "home" in data and data["home"] is not None and not Path(str(data["home"])).is_absolute():
             # A relative home in a profile file is relative to that file, not to wherever encore runs.
             data["home"] = str(p.resolve().parent / str(data["home"]))
+        _resolve_paths(data, p.resolve().parent)
     env_home = os.environ.get("ENCORE_HOME")
     if home is not None:
         data["home"] = str(home)

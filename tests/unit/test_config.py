@@ -70,3 +70,14 @@ def test_missing_or_unparsable_config_file_is_a_clear_error(tmp_path: Path) -> N
     bad.write_text("spark: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_model_paths_in_a_profile_are_relative_to_the_profile_file(tmp_path: Path) -> None:
+    prof = tmp_path / "profiles" / "gpu.yaml"
+    prof.parent.mkdir()
+    prof.write_text("embed:\n  text: {path: ../models/minilm}\n  audio: {kind: pretrained, path: /abs/clap}\n"
+                    "annotate: {backend: local, model_path: models/llm}\n")
+    cfg = load_config(prof)
+    assert cfg.embed.text.path == tmp_path / "profiles" / ".." / "models" / "minilm"
+    assert cfg.embed.audio.path == Path("/abs/clap")
+    assert cfg.annotate.model_path == tmp_path / "profiles" / "models" / "llm"
