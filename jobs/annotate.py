@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import string
 import time
 from collections import Counter
@@ -470,9 +469,7 @@ def _publish(ws: Workspace, run_id: str, results: pa.Table, version: str, model:
         live = ws.quarantine("annotations") / f"run={run_id}"
         _stage(bad, stage / "quarantine" / f"run={run_id}")
         swaps.append(atomic.Swap(stage / "quarantine" / f"run={run_id}", live, ws.trash / run_id / "quarantine"))
-    atomic.publish(swaps, ws.journals / f"{run_id}.json")
-    shutil.rmtree(stage, ignore_errors=True)
-    shutil.rmtree(ws.trash / run_id, ignore_errors=True)
+    atomic.publish_run(swaps, ws.journals, stage, ws.trash / run_id)
 
 
 def annotate(cfg: EncoreConfig, force: bool = False, retry_invalid: bool = False,

@@ -373,9 +373,7 @@ def embed(cfg: EncoreConfig) -> EmbedReport:
         trash = ws.trash / run_id / TRACK_CONTENT_TABLE
         swaps.append(atomic.Swap(staged, ws.feature_table(TRACK_CONTENT_TABLE), trash))
         faults.point("embed.staged")
-        atomic.publish(swaps, ws.journals / f"{run_id}.json")
-        shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(ws.trash / run_id, ignore_errors=True)
+        atomic.publish_run(swaps, ws.journals, stage, ws.trash / run_id)
         report.seconds = round(time.perf_counter() - t0, 3)
         atomic.write_report(ws.reports("embed"), run_id, report.to_dict())
     log.info("embed %s: %d tracks, content nulls %s, %.1f s", run_id, report.tracks, report.content_nulls,

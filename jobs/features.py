@@ -523,9 +523,7 @@ def _run(cfg: EncoreConfig, ws: Workspace, start: date, end: date, stage: Path, 
                  stats.partitions_written, stats.partitions_removed)
     lis_all.unpersist()
     faults.point("features.staged")
-    atomic.publish(swaps, ws.journals / f"{stage.name}.json")
-    shutil.rmtree(stage, ignore_errors=True)
-    shutil.rmtree(ws.trash / stage.name, ignore_errors=True)
+    atomic.publish_run(swaps, ws.journals, stage, ws.trash / stage.name)
 
 
 __all__ = ["FeaturesError", "FeaturesReport", "build_features", "plan_range", "sessionize"]

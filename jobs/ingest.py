@@ -459,9 +459,7 @@ def ingest(cfg: EncoreConfig, inputs: IngestInputs) -> IngestReport:
             report.users, s = _ingest_profiles(spark, profile_file, ws, stage)
             swaps += s
         faults.point("ingest.staged")
-        atomic.publish(swaps, ws.journals / f"{run_id}.json")
-        shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(ws.trash / run_id, ignore_errors=True)
+        atomic.publish_run(swaps, ws.journals, stage, ws.trash / run_id)
         report.seconds = round(time.perf_counter() - t0, 3)
         atomic.write_report(ws.reports("ingest"), run_id, report.to_dict())
     log.info("ingest %s done in %.1fs (%d swaps)", run_id, report.seconds, len(swaps))

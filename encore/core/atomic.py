@@ -71,6 +71,14 @@ def publish(swaps: Sequence[Swap], journal: Path) -> None:
     _roll_forward(journal)
 
 
+def publish_run(swaps: Sequence[Swap], journals: Path, stage: Path, trash: Path) -> None:
+    """A job's commit: :func:`publish` its swaps under ``journals/<run>.json``, then drop the run's
+    staging and trash folders (``stage`` and ``trash`` are named by the run id)."""
+    publish(swaps, journals / f"{stage.name}.json")
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _retire(s: Swap) -> None:
     """Move ``live`` to ``trash`` if it exists; a stale trash (never made by this code) must not block it."""
     if s.live.exists():
