@@ -15,7 +15,7 @@ audio file's path, size and mtime). A rerun computes nothing; a new version (see
 LLM annotation recomputes that track.
 
 Each encoder runs as a callable class in its own Ray actor pool (``ActorPoolStrategy``), chained
-in one streaming pipeline over the tracks that need any encoder (see :func:`run_encoders`): each
+in one streaming pipeline over the tracks that need any encoder (see :func:`iter_encoded`): each
 model loads once per actor, on a GPU where the cluster has GPUs (``embed.num_gpus``), CPU
 otherwise. Results stream back to the driver and are written with pyarrow into staging, then
 published with the lake's journaled swap: a killed run leaves nothing visible and its rerun
@@ -34,9 +34,10 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -225,14 +226,15 @@ def _uses_gpu(spec: EncoderSpec) -> bool:
     return spec.settings.get("kind") != "audio-descriptors" and spec.settings.get("kind") != "metadata-genes"
 
 
-def run_encoders(cfg: EncoreConfig, specs: Sequence[EncoderSpec], todo: pa.Table) -> pa.Table:
+def iter_encoded(cfg: EncoreConfig, specs: Sequence[EncoderSpec], todo: pa.Table) -> Iterator[pa.Table]:
     """Encode ``todo`` with every encoder in ``specs`` in one streaming Ray Data pipeline.
 
     ``todo``: track_id, lyrics, audio_path, genes and ``need_<name>`` per encoder. One
     ``map_batches`` stage per encoder, each a callable class in its own actor pool, all running at
     once: models load in parallel and blocks stream from one stage to the next, so the librosa
     stage (one core) overlaps the text stages. CPUs are shared out so every actor fits at once;
-    GPU stages split ``embed.num_gpus`` where the cluster has GPUs. Rows come back sorted.
+    GPU stages split ``embed.num_gpus`` where the cluster has GPUs. Yields output batches as
+    they finish (in no particular order).
     """
     from jobs.ray_session import get_ray, gpus_per_actor
 
@@ -255,9 +257,8 @@ def run_encoders(cfg: EncoreConfig, specs: Sequence[EncoderSpec], todo: pa.Table
             num_gpus=gpus_per_actor(ray, cfg.embed.num_gpus / gpu_stages) if _uses_gpu(spec) else 0,
         )
     # Stream results to the driver rather than `write_parquet`: no write tasks compete with the
-    # actors for CPUs, and the output is one sorted, deterministic file per encoder and run.
-    parts = list(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
-    return pa.concat_tables(parts).sort_by("track_id")
+    # actors for CPUs, and the job stages one file per encoder for its journaled publication.
+    yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 def _batch_size(cfg: EncoreConfig, name: str) -> int:
@@ -265,6 +266,42 @@ def _batch_size(cfg: EncoreConfig, name: str) -> int:
 
 
 # ---------------------------------------------------------------- the job
+
+
+def _encode_to_stage(cfg: EncoreConfig, active: Sequence[EncoderSpec], todo: pa.Table, stage: Path,
+                     report: EmbedReport) -> dict[str, Path]:
+    """Run the pipeline and write each encoder's rows to ``stage/embeddings/<name>/part-0.parquet``.
+
+    Batches are written as they arrive, so the driver never holds a whole catalog's vectors.
+    Returns encoder -> staged file; fills each encoder's ``embedded`` / ``missing`` counts.
+    """
+    now = pa.scalar(datetime.now(UTC), _TS)
+    files = {s.name: stage / "embeddings" / s.name / "part-0.parquet" for s in active}
+    counts = {s.name: Counter() for s in active}
+    writers = {}
+    t1 = time.perf_counter()
+    try:
+        for name, f in files.items():
+            f.parent.mkdir(parents=True)
+            writers[name] = pq.ParquetWriter(f, CACHE_SCHEMA)
+        for batch in iter_encoded(cfg, active, todo):
+            for name, writer in writers.items():
+                rows = batch.filter(batch[f"need_{name}"])
+                writer.write_table(pa.table({
+                    "track_id": rows["track_id"], "input_sha": rows[f"sha_{name}"],
+                    "embedding": rows[f"{name}_embedding"], "reason": rows[f"{name}_reason"],
+                    "computed_at": pa.array([now.as_py()] * rows.num_rows, _TS)}).cast(CACHE_SCHEMA))
+                counts[name].update(r if r is not None else "" for r in rows[f"{name}_reason"].to_pylist())
+    finally:
+        for writer in writers.values():
+            writer.close()
+    report.encode_seconds = round(time.perf_counter() - t1, 3)
+    report.tracks_per_second = round(todo.num_rows / report.encode_seconds, 2) if report.encode_seconds else None
+    for name, c in counts.items():
+        stats = report.encoders[name]
+        stats.embedded = c.pop("", 0)
+        stats.missing = dict(sorted(c.items()))
+    return files
 
 
 def _content_table(catalog: pa.Table, latest: dict[str, pa.Table], specs: dict[str, EncoderSpec],
@@ -336,31 +373,15 @@ def embed(cfg: EncoreConfig) -> EmbedReport:
             todo = todo.append_column(f"sha_{name}", shas[name])
         active = [specs[n] for n in ENCODERS if report.encoders[n].computed]
         todo = todo.filter(pc.or_(pc.or_(todo["need_lyrics"], todo["need_audio"]), todo["need_metadata"]))
-        out = todo.slice(0, 0)
-        if active:
-            t1 = time.perf_counter()
-            out = run_encoders(cfg, active, todo)
-            report.encode_seconds = round(time.perf_counter() - t1, 3)
-            report.tracks_per_second = round(todo.num_rows / report.encode_seconds, 2)
-        now = datetime.now(UTC)
+        written = _encode_to_stage(cfg, active, todo, stage, report) if active else {}
         latest: dict[str, pa.Table] = {}
         for name in ENCODERS:
             stats = report.encoders[name]
             new: list[pa.Table] = []
-            if stats.computed:
-                rows = out.filter(out[f"need_{name}"])
-                res = pa.table({"track_id": rows["track_id"], "input_sha": rows[f"sha_{name}"],
-                                "embedding": rows[f"{name}_embedding"], "reason": rows[f"{name}_reason"],
-                                "computed_at": pa.array([now] * rows.num_rows, _TS)}).cast(CACHE_SCHEMA)
-                reasons = Counter(r for r in res.column("reason").to_pylist() if r is not None)
-                stats.missing = dict(sorted(reasons.items()))
-                stats.embedded = res.num_rows - sum(reasons.values())
-                staged = stage / "embeddings" / name
-                staged.mkdir(parents=True)
-                pq.write_table(res, staged / "part-0.parquet")
+            if name in written:
                 live = ws.embeddings(name, specs[name].version) / f"run={run_id}"
-                swaps.append(atomic.Swap(staged, live, ws.trash / run_id / "embeddings" / name))
-                new.append(res)
+                swaps.append(atomic.Swap(written[name].parent, live, ws.trash / run_id / "embeddings" / name))
+                new.append(pq.read_table(written[name]))
                 log.info("embed %s: %d vectors, missing %s", name, stats.embedded, stats.missing or "none")
             latest[name] = cached(ws, specs[name], new)
             dims = {len(v) for v in latest[name].column("embedding").to_pylist() if v is not None}
@@ -389,6 +410,13 @@ def read_content(cfg: EncoreConfig) -> pa.Table:
     return ds.dataset(path, format="parquet").to_table()
 
 
-__all__ = ["CONTENT_VALID_FROM", "EmbedError", "EmbedReport", "embed", "encoder_inputs", "read_catalog",
-           "read_content", "run_encoders"]
+__all__ = [
+    "EmbedError",
+    "EmbedReport",
+    "embed",
+    "encoder_inputs",
+    "iter_encoded",
+    "read_catalog",
+    "read_content",
+]
 

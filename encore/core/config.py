@@ -126,8 +126,10 @@ class EmbedConfig(_Section):
     metadata: Literal["genes", "text", "genes+text"] = Field("genes+text", description="metadata embedding")
     versions: EncoderVersions = Field(default_factory=EncoderVersions)
     actors: int = Field(1, ge=1, description="actors per encoder in the Ray actor pool")
-    # Only used where Ray reports GPUs; on a CPU-only cluster every actor runs on CPU.
-    num_gpus: float = Field(1.0, ge=0, description="GPUs per actor when the cluster has GPUs")
+    # Only used where Ray reports GPUs; on a CPU-only cluster every actor runs on CPU. The torch
+    # stages (text encoders, a pretrained audio model) run at once, so they share it: each of their
+    # actors asks for num_gpus / (number of torch stages); librosa descriptors never take a GPU.
+    num_gpus: float = Field(1.0, ge=0, description="GPUs for one actor of each torch encoder, together")
     rows_per_block: int = Field(256, ge=1, description="tracks per Ray block (unit of parallelism)")
 
 
