@@ -4,7 +4,7 @@ Both encode the same catalog (default 2,000 tracks, every one with lyrics or not
 3-second clip and genes) with the same three encoders (MiniLM lyrics, librosa audio descriptors,
 genes + their text rendering) and the same batch sizes:
 
-* bare loop: one process, ``build_encoder`` + ``encode`` batch by batch, torch on all cores;
+* bare loop: one process, ``build_encoders`` + ``encode`` batch by batch, torch on all cores;
 * Ray job: ``embed(cfg)`` on a fresh workspace, i.e. everything a user pays for - catalog read,
   input digests, actor start and model load per actor, streaming, parquet, the track_content
   table - with ``embed.actors`` = 1 (one actor holding both cores) and = 2 (one core each).
@@ -52,20 +52,22 @@ def prepare(workdir: Path, tracks: int, seed: int) -> Path:
 def bare_loop(cfg: EncoreConfig, home: Path) -> tuple[float, dict[str, float]]:
     """Every encoder over every track in this process, in the job's batch sizes. Returns (s, per encoder)."""
     from jobs.embed import encoder_inputs, read_catalog
-    from jobs.encoders import build_encoder, encoder_specs
+    from jobs.encoders import build_encoders, encoder_specs
 
     catalog = read_catalog(cfg)
     specs = encoder_specs(cfg.embed)
     per: dict[str, float] = {}
     t0 = time.perf_counter()
+    encoders = build_encoders(list(specs.values()))  # one text model for lyrics and metadata, as the job
+    per["load"] = time.perf_counter() - t0
+    print(f"  bare load     {per['load']:.1f}s", flush=True)
     for name in ENCODERS:
         t1 = time.perf_counter()
-        enc = build_encoder(specs[name])
         inputs = encoder_inputs(name, catalog)
         bs = cfg.embed.audio.batch_size if name == "audio" else cfg.embed.text.batch_size
         n_vec = 0
         for i in range(0, inputs.num_rows, bs):
-            vecs, _ = enc.encode(inputs.slice(i, bs))
+            vecs, _ = encoders[name].encode(inputs.slice(i, bs))
             n_vec += sum(v is not None for v in vecs)
         per[name] = time.perf_counter() - t1
         print(f"  bare {name:<9} {inputs.num_rows:,} tracks, {n_vec:,} vectors, {per[name]:.1f}s", flush=True)

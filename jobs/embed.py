@@ -14,12 +14,12 @@ audio file's path, size and mtime). A rerun computes nothing; a new version (see
 ``jobs.encoders.encoder_specs``) recomputes everything for that encoder; a changed input or a new
 LLM annotation recomputes that track.
 
-Each encoder runs as a callable class in its own Ray actor pool (``ActorPoolStrategy``), chained
-in one streaming pipeline over the tracks that need any encoder (see :func:`iter_encoded`): each
-model loads once per actor, on a GPU where the cluster has GPUs (``embed.num_gpus``), CPU
-otherwise. Results stream back to the driver and are written with pyarrow into staging, then
-published with the lake's journaled swap: a killed run leaves nothing visible and its rerun
-starts clean.
+The encoders run as callable classes in Ray actor pools (``ActorPoolStrategy``), one pool per
+model (text: lyrics and the gene rendering; audio), chained in one streaming pipeline over the
+tracks that need any encoder (see :func:`iter_encoded`): each model loads once per actor, on a
+GPU where the cluster has GPUs (``embed.num_gpus``), CPU otherwise. Results stream back to the
+driver and are written with pyarrow into staging, then published with the lake's journaled swap:
+a killed run leaves nothing visible and its rerun starts clean.
 
 Content describes the recording, not a moment, so ``event_timestamp`` is a fixed epoch
 (``CONTENT_VALID_FROM``): point-in-time joins at any date find it, and ``created`` (the newest
@@ -50,7 +50,7 @@ from encore.core import atomic, faults
 from encore.core.config import EncoreConfig
 from encore.core.schemas import CONTENT_VALID_FROM, ENCODER_ERROR, ENCODERS, TRACK_CONTENT_TABLE
 from encore.core.workspace import Workspace
-from jobs.encoders import EncoderSpec, build_encoder, encoder_specs
+from jobs.encoders import EncoderSpec, build_encoders, encoder_specs
 
 log = logging.getLogger(__name__)
 
@@ -172,89 +172,101 @@ def cached(ws: Workspace, spec: EncoderSpec, extra: Sequence[pa.Table] = ()) -> 
 
 
 class EncodeBatch:
-    """Ray Data callable class: one encoder per actor, applied to the rows of a batch that need it.
+    """Ray Data callable class: one model per actor, serving the encoders that use it.
 
     In: a pipeline batch (track_id, lyrics, audio_path, genes, need_<encoder> for each encoder).
-    Out: the same batch plus ``<name>_embedding`` and ``<name>_reason`` (both null on rows this
-    encoder was not asked for). One bad track costs that track (reason ``encoder_error``), never
-    the batch or the job.
+    Out: the same batch plus ``<name>_embedding`` and ``<name>_reason`` for each of this stage's
+    encoders (both null on rows that encoder was not asked for). One bad track costs that track
+    (reason ``encoder_error``), never the batch or the job.
     """
 
-    def __init__(self, spec: EncoderSpec, threads: int) -> None:
+    def __init__(self, specs: Sequence[EncoderSpec], threads: int) -> None:
         import torch
         import transformers
 
         torch.set_num_threads(max(1, threads))
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
-        self.spec = spec
-        self.encoder = build_encoder(spec)
+        self.encoders = build_encoders(specs)
 
-    def _encode(self, rows: pa.Table) -> tuple[list[Any], list[str | None]]:
+    def _encode(self, name: str, rows: pa.Table) -> tuple[list[Any], list[str | None]]:
+        encoder = self.encoders[name]
         try:
-            return self.encoder.encode(rows)
+            return encoder.encode(rows)
         except Exception:
-            log.exception("%s encoder failed on a batch; retrying its %d tracks one by one", self.spec.name,
-                          rows.num_rows)
+            log.exception("%s encoder failed on a batch; retrying its %d tracks one by one", name, rows.num_rows)
         vecs: list[Any] = []
         reasons: list[str | None] = []
         for i in range(rows.num_rows):
             try:
-                v, r = self.encoder.encode(rows.slice(i, 1))
+                v, r = encoder.encode(rows.slice(i, 1))
             except Exception as exc:
-                log.error("%s encoder failed on track %s: %s", self.spec.name, rows.column("track_id")[i].as_py(), exc)
+                log.error("%s encoder failed on track %s: %s", name, rows.column("track_id")[i].as_py(), exc)
                 v, r = [None], [ENCODER_ERROR]
             vecs += v
             reasons += r
         return vecs, reasons
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        name = self.spec.name
-        need = np.flatnonzero(batch.column(f"need_{name}").to_numpy(zero_copy_only=False))
-        vecs: list[Any] = [None] * batch.num_rows
-        reasons: list[str | None] = [None] * batch.num_rows
-        if len(need):
-            got, why = self._encode(batch.take(pa.array(need)))
-            for i, v, r in zip(need, got, why, strict=True):
-                vecs[i], reasons[i] = (None if v is None else np.asarray(v, np.float32)), r
-        return (batch.append_column(f"{name}_embedding", pa.array(vecs, pa.list_(pa.float32())))
-                .append_column(f"{name}_reason", pa.array(reasons, pa.string())))
+        for name in self.encoders:
+            need = np.flatnonzero(batch.column(f"need_{name}").to_numpy(zero_copy_only=False))
+            vecs: list[Any] = [None] * batch.num_rows
+            reasons: list[str | None] = [None] * batch.num_rows
+            if len(need):
+                got, why = self._encode(name, batch.take(pa.array(need)))
+                for i, v, r in zip(need, got, why, strict=True):
+                    vecs[i], reasons[i] = (None if v is None else np.asarray(v, np.float32)), r
+            batch = (batch.append_column(f"{name}_embedding", pa.array(vecs, pa.list_(pa.float32())))
+                     .append_column(f"{name}_reason", pa.array(reasons, pa.string())))
+        return batch
 
 
 def _uses_gpu(spec: EncoderSpec) -> bool:
-    """Torch models gain from a GPU; librosa descriptors run on CPU whatever the node has."""
-    return spec.settings.get("kind") != "audio-descriptors" and spec.settings.get("kind") != "metadata-genes"
+    """Torch models gain from a GPU; librosa descriptors and bare genes run on CPU."""
+    return spec.settings.get("kind") not in ("audio-descriptors", "metadata-genes")
+
+
+def stages(specs: Sequence[EncoderSpec]) -> list[list[EncoderSpec]]:
+    """Encoders grouped by the model they run: audio, and text (lyrics + the metadata rendering).
+
+    One actor pool per model, not per output: the text model then loads once per actor (a
+    sentence-transformers import and load cost ~5 s of CPU each) and sits on a GPU once.
+    """
+    audio = [s for s in specs if s.name == "audio"]
+    text = [s for s in specs if s.name != "audio"]
+    return [g for g in (text, audio) if g]
 
 
 def iter_encoded(cfg: EncoreConfig, specs: Sequence[EncoderSpec], todo: pa.Table) -> Iterator[pa.Table]:
     """Encode ``todo`` with every encoder in ``specs`` in one streaming Ray Data pipeline.
 
     ``todo``: track_id, lyrics, audio_path, genes and ``need_<name>`` per encoder. One
-    ``map_batches`` stage per encoder, each a callable class in its own actor pool, all running at
-    once: models load in parallel and blocks stream from one stage to the next, so the librosa
-    stage (one core) overlaps the text stages. CPUs are shared out so every actor fits at once;
-    GPU stages split ``embed.num_gpus`` where the cluster has GPUs. Yields output batches as
-    they finish (in no particular order).
+    ``map_batches`` stage per model (:func:`stages`), each a callable class in its own actor pool,
+    all running at once: models load in parallel and blocks stream from one stage to the next, so
+    the librosa stage (one core) overlaps the text stage. CPUs are shared out so every actor fits
+    at once; torch stages split ``embed.num_gpus`` where the cluster has GPUs. Yields output
+    batches as they finish (in no particular order).
     """
     from jobs.ray_session import get_ray, gpus_per_actor
 
     ray = get_ray(cfg.ray)
     actors = cfg.embed.actors
     node_cpus = max((n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
-    gpu_stages = sum(_uses_gpu(s) for s in specs) or 1
+    groups = stages(specs)
+    gpu_stages = sum(any(_uses_gpu(s) for s in g) for g in groups) or 1
     n = cfg.embed.rows_per_block
     dataset = ray.data.from_arrow([todo.slice(i, n) for i in range(0, todo.num_rows, n)])
-    for spec in specs:
+    for group in groups:
         dataset = dataset.map_batches(
             EncodeBatch,
             # Threads per actor: the node's cores over the pool, not over the stages - a stage that
-            # waits on its neighbours should not leave cores idle; torch yields them when idle.
-            fn_constructor_kwargs={"spec": spec, "threads": int(max(1, node_cpus // actors))},
+            # waits on its neighbours should not leave cores idle.
+            fn_constructor_kwargs={"specs": group, "threads": int(max(1, node_cpus // actors))},
             batch_format="pyarrow",
-            batch_size=_batch_size(cfg, spec.name),
+            batch_size=_batch_size(cfg, group[0].name),
             compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=node_cpus / (len(specs) * actors),
-            num_gpus=gpus_per_actor(ray, cfg.embed.num_gpus / gpu_stages) if _uses_gpu(spec) else 0,
+            num_cpus=node_cpus / (len(groups) * actors),
+            num_gpus=gpus_per_actor(ray, cfg.embed.num_gpus / gpu_stages) if any(map(_uses_gpu, group)) else 0,
         )
     # Stream results to the driver rather than `write_parquet`: no write tasks compete with the
     # actors for CPUs, and the job stages one file per encoder for its journaled publication.

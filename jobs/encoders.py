@@ -105,20 +105,38 @@ def encoder_specs(cfg: EmbedConfig) -> dict[str, EncoderSpec]:
     return specs
 
 
-def build_encoder(spec: EncoderSpec, device: str | None = None) -> Encoder:
-    """Load the models ``spec`` names (from local folders only) and return a ready encoder."""
+def build_encoder(spec: EncoderSpec, device: str | None = None, text: TextEncoder | None = None) -> Encoder:
+    """Load the models ``spec`` names (from local folders only) and return a ready encoder.
+
+    ``text``: an already loaded text encoder with the same settings, to share (lyrics and the
+    metadata rendering use one model: loaded once, one copy in memory or on the GPU).
+    """
     device = device or _default_device()
     s = spec.settings
-    if spec.name == "lyrics":
-        return LyricsEncoder(TextEncoder(TextEncoderConfig(**_text_cfg(s["text"])), device))
     if spec.name == "audio":
         acfg = AudioEncoderConfig(**s["audio"])
         return AudioDescriptorEncoder(acfg) if acfg.kind == "descriptors" else PretrainedAudioEncoder(acfg, device)
-    if spec.name == "metadata":
-        mode = s["kind"].removeprefix("metadata-")
-        text = TextEncoder(TextEncoderConfig(**_text_cfg(s["text"])), device) if s["text"] else None
-        return MetadataEncoder(mode, text)
-    raise ValueError(f"unknown encoder {spec.name!r}")
+    if spec.name not in ("lyrics", "metadata"):
+        raise ValueError(f"unknown encoder {spec.name!r}")
+    if s["text"] is not None and text is None:
+        text = TextEncoder(TextEncoderConfig(**_text_cfg(s["text"])), device)
+    if spec.name == "lyrics":
+        assert text is not None
+        return LyricsEncoder(text)
+    return MetadataEncoder(s["kind"].removeprefix("metadata-"), text if s["text"] else None)
+
+
+def build_encoders(specs: Sequence[EncoderSpec], device: str | None = None) -> dict[str, Encoder]:
+    """Encoders for ``specs``, sharing one text model among those whose text settings agree."""
+    shared: dict[str, TextEncoder] = {}
+    out: dict[str, Encoder] = {}
+    for spec in specs:
+        text_settings = spec.settings.get("text")
+        key = json.dumps(text_settings, sort_keys=True)
+        if text_settings is not None and key not in shared:
+            shared[key] = TextEncoder(TextEncoderConfig(**_text_cfg(text_settings)), device or _default_device())
+        out[spec.name] = build_encoder(spec, device, shared.get(key))
+    return out
 
 
 def _text_cfg(s: dict[str, Any]) -> dict[str, Any]:

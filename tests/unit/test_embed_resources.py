@@ -53,3 +53,14 @@ def test_embed_without_a_catalog_says_to_ingest_first(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["--home", str(tmp_path / "empty"), "embed"], env={"ENCORE_CONFIG": None})
     assert res.exit_code == 1
     assert "encore ingest --catalog" in res.output
+
+
+def test_lyrics_and_metadata_share_one_text_model_in_one_stage() -> None:
+    from jobs.embed import stages
+    from jobs.encoders import build_encoders
+
+    specs = encoder_specs(EmbedConfig())
+    groups = stages(list(specs.values()))
+    assert [[s.name for s in g] for g in groups] == [["lyrics", "metadata"], ["audio"]]
+    encoders = build_encoders(groups[0])
+    assert encoders["lyrics"].text is encoders["metadata"].text  # loaded once

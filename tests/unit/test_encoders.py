@@ -164,8 +164,8 @@ def test_one_failing_track_costs_that_track_not_the_batch(monkeypatch: pytest.Mo
                 raise RuntimeError("boom")
             return [np.ones(2, np.float32)] * batch.num_rows, [None] * batch.num_rows
 
-    monkeypatch.setattr(embed, "build_encoder", lambda spec: Flaky())
-    call = embed.EncodeBatch(EncoderSpec("lyrics", "1-x"), threads=1)
+    monkeypatch.setattr(embed, "build_encoders", lambda specs: {s.name: Flaky() for s in specs})
+    call = embed.EncodeBatch([EncoderSpec("lyrics", "1-x")], threads=1)
     out = call(pa.table({"track_id": ["a", "b", "c", "d"], "lyrics": ["x", "boom", "y", "boom"],
                          "need_lyrics": [True, True, True, False]}))
     # d was not asked for: no vector and no reason, and its "boom" never reached the encoder.
