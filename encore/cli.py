@@ -265,7 +265,7 @@ def embed(ctx: click.Context, as_json: bool) -> None:
     encoded; a second run computes nothing, a new version (embed.versions.*, or any encoder
     setting) recomputes that encoder. A track whose audio or lyrics is missing or broken gets a
     null and a counted reason, never a zero vector. Each encoder runs in a Ray actor pool
-    (embed.actors, a GPU each with embed.num_gpus where the cluster has GPUs). Writes
+    (embed.actors per model, GPUs from embed.num_gpus where the cluster has GPUs). Writes
     lake/features/track_content/ (Feast view `track_content`); report in reports/embed/.
     """
     from jobs.embed import EmbedError

@@ -125,7 +125,7 @@ class EmbedConfig(_Section):
     # encoder; genes+text: both, concatenated (58 + text dim).
     metadata: Literal["genes", "text", "genes+text"] = Field("genes+text", description="metadata embedding")
     versions: EncoderVersions = Field(default_factory=EncoderVersions)
-    actors: int = Field(1, ge=1, description="actors per encoder in the Ray actor pool")
+    actors: int = Field(1, ge=1, description="actors in each model's Ray actor pool (text, audio)")
     # Only used where Ray reports GPUs; on a CPU-only cluster every actor runs on CPU. The torch
     # stages (text encoders, a pretrained audio model) run at once, so they share it: each of their
     # actors asks for num_gpus / (number of torch stages); librosa descriptors never take a GPU.
