@@ -264,7 +264,7 @@ def embed(ctx: click.Context, as_json: bool) -> None:
     Incremental: only tracks without a vector for the encoder's current version and input are
     encoded; a second run computes nothing, a new version (embed.versions.*, or any encoder
     setting) recomputes that encoder. A track whose audio or lyrics is missing or broken gets a
-    null and a counted reason, never a zero vector. Each encoder runs in a Ray actor pool
+    null and a counted reason, never a zero vector. The encoders run in Ray actor pools, one per model
     (embed.actors per model, GPUs from embed.num_gpus where the cluster has GPUs). Writes
     lake/features/track_content/ (Feast view `track_content`); report in reports/embed/.
     """
