@@ -327,7 +327,7 @@ def annotate(ctx: click.Context, force: bool, retry_invalid: bool, limit: int | 
         click.echo(json.dumps(data, indent=2, default=str))
         return
     click.echo(f"annotate run {report.run_id} ({report.seconds:.1f}s): prompt {report.prompt_version}, "
-               f"model {report.model}")
+               f"model {report.model or '(not configured)'}")
     click.echo(f"  catalog {report.catalog_tracks:,}; skipped: has genes {report.skipped_has_genes:,}, "
                f"cached {report.skipped_cached:,}, quarantined before {report.skipped_quarantined:,}")
     invalid = ", ".join(f"{k} {v:,}" for k, v in report.invalid.items()) or "-"
