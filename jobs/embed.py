@@ -154,12 +154,20 @@ def encoder_inputs(name: str, catalog: pa.Table) -> pa.Table:
     return pa.table({"track_id": pa.array(tids, pa.string()), "input_sha": pa.array(shas, pa.string()), **cols})
 
 
-def cached(ws: Workspace, spec: EncoderSpec, extra: Sequence[pa.Table] = ()) -> pa.Table:
-    """The newest cache row per track for ``spec``'s version (plus ``extra`` staged rows)."""
+def cached(ws: Workspace, spec: EncoderSpec, extra: Sequence[pa.Table] = (),
+           columns: Sequence[str] = tuple(CACHE_SCHEMA.names)) -> pa.Table:
+    """The newest cache row per track for ``spec``'s version (plus ``extra`` staged rows).
+
+    The newest, not any: a track whose lyrics went A -> B -> A must be encoded again for A, since
+    the content table takes each track's newest row. ``columns`` must include track_id and
+    computed_at (pass fewer to skip reading the vectors).
+    """
     folder = ws.embeddings(spec.name, spec.version)
-    parts = [ds.dataset(folder, format="parquet", partitioning="hive").to_table(columns=CACHE_SCHEMA.names)
-             .cast(CACHE_SCHEMA)] if folder.is_dir() and any(folder.rglob("*.parquet")) else []
-    t = pa.concat_tables([*parts, *extra]) if parts or extra else CACHE_SCHEMA.empty_table()
+    schema = pa.schema([CACHE_SCHEMA.field(c) for c in columns])
+    parts = [ds.dataset(folder, format="parquet", partitioning="hive").to_table(columns=list(columns))
+             .cast(schema)] if folder.is_dir() and any(folder.rglob("*.parquet")) else []
+    tables = [*parts, *(e.select(list(columns)) for e in extra)]
+    t = pa.concat_tables(tables) if tables else schema.empty_table()
     if t.num_rows == 0:
         return t
     t = t.sort_by([("track_id", "ascending"), ("computed_at", "descending")])
@@ -316,21 +324,23 @@ def _encode_to_stage(cfg: EncoreConfig, active: Sequence[EncoderSpec], todo: pa.
     return files
 
 
-def _content_table(catalog: pa.Table, latest: dict[str, pa.Table], specs: dict[str, EncoderSpec],
-                   report: EmbedReport) -> pa.Table:
-    """One row per catalog track, joining each encoder's newest row that matches the current input."""
+def _content_table(catalog: pa.Table, shas: dict[str, pa.ChunkedArray], latest: dict[str, pa.Table],
+                   specs: dict[str, EncoderSpec], report: EmbedReport) -> pa.Table:
+    """One row per catalog track, joining each encoder's newest row that matches the current input.
+
+    ``shas``: encoder -> the current input digests, in catalog order (from :func:`encoder_inputs`).
+    """
     tids = catalog.column("track_id").to_pylist()
     cols: dict[str, Any] = {"track_id": pa.array(tids, pa.string())}
     created = CONTENT_VALID_FROM
     for name in ENCODERS:
-        inputs = encoder_inputs(name, catalog)
         rows = latest[name]
         by_tid = {t: i for i, t in enumerate(rows.column("track_id").to_pylist())}
-        shas, embs, reasons = (rows.column(c).to_pylist() for c in ("input_sha", "embedding", "reason"))
+        row_shas, embs, reasons = (rows.column(c).to_pylist() for c in ("input_sha", "embedding", "reason"))
         vec_col, reason_col = [], []
-        for tid, sha in zip(tids, inputs.column("input_sha").to_pylist(), strict=True):
+        for tid, sha in zip(tids, shas[name].to_pylist(), strict=True):
             i = by_tid.get(tid)
-            if i is None or shas[i] != sha:  # cannot happen after a complete run; say so if it does
+            if i is None or row_shas[i] != sha:  # cannot happen after a complete run; say so if it does
                 vec_col.append(None)
                 reason_col.append("not_computed")
             else:
@@ -372,7 +382,7 @@ def embed(cfg: EncoreConfig) -> EmbedReport:
             spec = specs[name]
             stats = report.encoders.setdefault(name, EncoderStats(version=spec.version, catalog=catalog.num_rows))
             inputs = encoder_inputs(name, catalog)  # same row order as the catalog
-            have = cached(ws, spec)
+            have = cached(ws, spec, columns=("track_id", "input_sha", "computed_at"))
             done = set(zip(have.column("track_id").to_pylist(), have.column("input_sha").to_pylist(), strict=True))
             need = [(t, h) not in done for t, h in zip(inputs.column("track_id").to_pylist(),
                                                        inputs.column("input_sha").to_pylist(), strict=True)]
@@ -398,7 +408,7 @@ def embed(cfg: EncoreConfig) -> EmbedReport:
             latest[name] = cached(ws, specs[name], new)
             dims = {len(v) for v in latest[name].column("embedding").to_pylist() if v is not None}
             stats.dim = dims.pop() if len(dims) == 1 else None
-        content = _content_table(catalog, latest, specs, report)
+        content = _content_table(catalog, shas, latest, specs, report)
         report.content_rows = content.num_rows
         staged = stage / TRACK_CONTENT_TABLE
         staged.mkdir(parents=True)

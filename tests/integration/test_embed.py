@@ -94,21 +94,33 @@ def test_version_bump_recomputes_that_encoder_only(embedded, tmp_path: Path) -> 
     assert ws.embeddings("lyrics", first.encoders["lyrics"].version).is_dir()
 
 
-def test_changed_input_recomputes_only_that_track(embedded, tmp_path: Path) -> None:
-    cfg, _, _ = embedded
-    cfg = _copy(cfg, tmp_path / "home")
+def _set_lyrics(cfg, track: str, text: str) -> str:
     path = next(Workspace.at(cfg.home).tracks.glob("*.parquet"))
     t = pq.read_table(path)
     lyrics = t.column("lyrics").to_pylist()
-    i = t.column("track_id").to_pylist().index("t003")
-    lyrics[i] = "completely different words now"
+    i = t.column("track_id").to_pylist().index(track)
+    old, lyrics[i] = lyrics[i], text
     pq.write_table(t.set_column(t.schema.get_field_index("lyrics"), "lyrics", pa.array(lyrics, pa.string())), path)
+    return old
+
+
+def test_changed_input_recomputes_only_that_track_and_changing_it_back_restores_it(embedded, tmp_path: Path) -> None:
+    cfg, _, _ = embedded
+    cfg = _copy(cfg, tmp_path / "home")
+    original = _set_lyrics(cfg, "t003", "completely different words now")
     before = _by_track(read_content(cfg))
     rep = embed(cfg)
     assert {n: e.computed for n, e in rep.encoders.items()} == {"lyrics": 1, "audio": 0, "metadata": 0}
     after = _by_track(read_content(cfg))
     assert after["t003"]["lyrics_embedding"] != before["t003"]["lyrics_embedding"]
     assert after["t004"]["lyrics_embedding"] == before["t004"]["lyrics_embedding"]
+    # Back to the first text: its old vector is in the cache, but not the newest row for the track.
+    _set_lyrics(cfg, "t003", original)
+    rep = embed(cfg)
+    assert rep.encoders["lyrics"].computed == 1
+    restored = _by_track(read_content(cfg))["t003"]
+    assert restored["lyrics_reason"] is None
+    np.testing.assert_allclose(restored["lyrics_embedding"], before["t003"]["lyrics_embedding"], atol=1e-5)
 
 
 def test_llm_annotation_fills_genes_for_a_track_the_catalog_left_without(embedded, tmp_path: Path) -> None:
