@@ -53,6 +53,7 @@ from encore.core import atomic
 from encore.core.config import AnnotateConfig, ConfigError, EncoreConfig
 from encore.core.schemas import ANNOTATION_REASONS, GENE_SCALE, GENES
 from encore.core.workspace import Workspace
+from jobs.lake import newest_per_key, read_tracks
 from jobs.ray_session import get_ray, gpus_per_actor
 
 log = logging.getLogger(__name__)
@@ -414,11 +415,11 @@ def _keyed_ids(root: Path, version: str, model: str) -> set[str]:
 
 def _read_catalog(ws: Workspace) -> pa.Table:
     cols = [*_SEND_COLUMNS, "genes"]
-    if not ws.tracks.is_dir() or not any(ws.tracks.rglob("*.parquet")):
+    t = read_tracks(ws, cols)  # sorted by track: `limit` takes the same tracks on every run
+    if t is None:
         log.warning("annotate: no bronze tracks under %s; run ingest with a catalog first", ws.tracks)
         return pa.table({c: pa.array([], pa.list_(pa.float32()) if c == "genes" else pa.string()) for c in cols})
-    t = pads.dataset(ws.tracks, format="parquet").to_table(columns=cols)
-    return t.sort_by("track_id")  # a stable order: `limit` takes the same tracks on every run
+    return t
 
 
 def _results_on_ray(cfg: EncoreConfig, template: str, todo: pa.Table) -> pa.Table:
@@ -547,12 +548,7 @@ def current_annotations(cfg: EncoreConfig) -> pa.Table:
     t = d.to_table(columns=["track_id", "genes", "annotated_at", "run"], filter=key)
     if not t.num_rows:
         return CURRENT_SCHEMA.empty_table()
-    t = t.sort_by([("track_id", "ascending"), ("annotated_at", "descending"), ("run", "descending")])
-    ids = t["track_id"]
-    # Sorted by track, newest first: keep each track's first row.
-    first = pa.concat_arrays([pa.array([True]), pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
-                              .combine_chunks()])
-    return t.filter(first).select(CURRENT_SCHEMA.names).cast(CURRENT_SCHEMA)
+    return newest_per_key(t, "track_id", ["annotated_at", "run"]).select(CURRENT_SCHEMA.names).cast(CURRENT_SCHEMA)
 
 
 __all__ = [

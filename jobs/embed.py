@@ -51,6 +51,7 @@ from encore.core.config import EncoreConfig
 from encore.core.schemas import CONTENT_VALID_FROM, ENCODER_ERROR, ENCODERS, TRACK_CONTENT_TABLE
 from encore.core.workspace import Workspace
 from jobs.encoders import EncoderSpec, build_encoders, encoder_specs
+from jobs.lake import newest_per_key, read_tracks
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,9 @@ def read_catalog(cfg: EncoreConfig) -> pa.Table:
     from jobs.annotate import current_annotations
 
     ws = Workspace.at(cfg.home)
-    if not ws.tracks.is_dir() or not any(ws.tracks.glob("*.parquet")):
+    cat = read_tracks(ws, ["track_id", "artist_name", "track_name", "lyrics", "audio_path", "genes"])
+    if cat is None:
         raise EmbedError(f"no track catalog under {ws.tracks}: run `encore ingest --catalog ...` first")
-    cat = ds.dataset(ws.tracks, format="parquet").to_table(
-        columns=["track_id", "artist_name", "track_name", "lyrics", "audio_path", "genes"]).sort_by("track_id")
     llm = current_annotations(cfg)
     llm_genes = dict(zip(llm.column("track_id").to_pylist(), llm.column("genes").to_pylist(), strict=True))
     genes = cat.column("genes").to_pylist()
@@ -168,12 +168,7 @@ def cached(ws: Workspace, spec: EncoderSpec, extra: Sequence[pa.Table] = (),
              .cast(schema)] if folder.is_dir() and any(folder.rglob("*.parquet")) else []
     tables = [*parts, *(e.select(list(columns)) for e in extra)]
     t = pa.concat_tables(tables) if tables else schema.empty_table()
-    if t.num_rows == 0:
-        return t
-    t = t.sort_by([("track_id", "ascending"), ("computed_at", "descending")])
-    tid = t.column("track_id")
-    first = pc.not_equal(tid.slice(1), tid.slice(0, len(tid) - 1)).to_pylist()
-    return t.filter(pa.array([True, *first]))
+    return newest_per_key(t, "track_id", ["computed_at"])
 
 
 # ---------------------------------------------------------------- the Ray part

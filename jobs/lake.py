@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -62,6 +64,24 @@ def reencode(root: Path) -> tuple[int, dict[str, int]]:
             for c, k in counts.items():
                 nulls[c] = nulls.get(c, 0) + k
     return rows, nulls
+
+
+def read_tracks(ws: Workspace, columns: Sequence[str]) -> pa.Table | None:
+    """Bronze tracks (``columns``) sorted by track_id - a stable order for every consumer - or None
+    when no catalog has been ingested."""
+    if not ws.tracks.is_dir() or not any(ws.tracks.glob("*.parquet")):
+        return None
+    return ds.dataset(ws.tracks, format="parquet").to_table(columns=list(columns)).sort_by("track_id")
+
+
+def newest_per_key(table: pa.Table, key: str, newest_first: Sequence[str]) -> pa.Table:
+    """One row per ``key`` value: the first when rows are ordered by ``newest_first`` descending."""
+    if table.num_rows == 0:
+        return table
+    t = table.sort_by([(key, "ascending"), *((c, "descending") for c in newest_first)])
+    ids = t.column(key)
+    changed = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+    return t.filter(pa.concat_arrays([pa.array([True]), changed.combine_chunks()]))
 
 
 def _dataset(path: Path) -> ds.Dataset | None:
