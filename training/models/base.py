@@ -1,0 +1,99 @@
+"""What every recommender in ``training/models`` is: a ``SequenceModel``.
+
+Item indices: 0 is padding, 1..n_items are vocabulary items (``training.data.Vocab``).
+Histories are **left-padded** to a fixed length, so the newest item is always the last column.
+
+A training batch is a dict of tensors:
+    "items":      LongTensor  [B, L+1]  a window of a user's items, newest last, 0 = pad
+    "completion": FloatTensor [B, L+1]  that listen's completion ratio in [0, 1], NaN = unknown
+Models read ``items[:, :-1]`` as input. Sequence-to-sequence models (SASRec, GRU4Rec) predict
+``items[:, 1:]`` at every position; BERT4Rec masks items itself; E4SRec predicts ``items[:, -1]``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+class SequenceModel(nn.Module):
+    """Scores every item for a batch of histories; trains on windows."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, n_items: int) -> None:
+        super().__init__()
+        self.n_items = n_items
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        # DeepSpeed's engine calls forward(); training is the only forward it runs.
+        return self.loss(batch)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Scalar training loss for one batch (see the module docstring for its keys)."""
+        raise NotImplementedError
+
+    def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        """Next-item logits for each history: items/completion [B, L] -> [B, n_items + 1].
+
+        Column 0 (padding) is -inf. Masking history items is the evaluator's job, not the model's.
+        """
+        raise NotImplementedError
+
+    # -- persistence: a folder with model.json (kind + constructor arguments) and weights --
+    def config(self) -> dict[str, Any]:
+        """JSON-able constructor arguments that ``load`` passes back to ``__init__``."""
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.json").write_text(json.dumps({"kind": self.kind, "config": self.config()}, indent=2))
+        torch.save(self.state_dict(), folder / "weights.pt")
+
+    @classmethod
+    def load(cls, folder: Path) -> SequenceModel:
+        meta = json.loads((folder / "model.json").read_text())
+        model = cls(**meta["config"])
+        model.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+        return model.eval()
+
+
+class IdEncoder(SequenceModel):
+    """A sequential ID model whose item-embedding table E4SRec reuses (frozen)."""
+
+    def item_embeddings(self) -> torch.Tensor:
+        """The learned item table, [n_items + 1, hidden]; row 0 is padding."""
+        raise NotImplementedError
+
+
+def pad_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Set column 0 (padding) to -inf so it never ranks."""
+    logits = logits.clone()
+    logits[:, 0] = float("-inf")
+    return logits
+
+
+CONTENT_MODALITIES: tuple[str, ...] = ("lyrics", "audio", "meta")
+
+
+@dataclass
+class ContentTable:
+    """Content vectors per vocabulary item, aligned with item indices (row 0 = padding).
+
+    vectors[m]: FloatTensor [n_items + 1, d_m], zeros where absent;
+    present[m]: BoolTensor [n_items + 1], False where the item has no such embedding (and row 0).
+    Modalities are a subset of CONTENT_MODALITIES.
+    """
+
+    vectors: dict[str, torch.Tensor] = field(default_factory=dict)
+    present: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def dims(self) -> dict[str, int]:
+        return {m: int(v.shape[1]) for m, v in self.vectors.items()}
