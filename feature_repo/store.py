@@ -257,22 +257,26 @@ def _quiet_stdout() -> Iterator[None]:
             log.debug("feast: %s", line)
 
 
-def training_examples(cfg: EncoreConfig, entity_df: pd.DataFrame, service: str = "training") -> pd.DataFrame:
-    """Point-in-time-correct features for each (user_id, event_timestamp) row of ``entity_df``.
+def training_examples(cfg: EncoreConfig, entity_df: pd.DataFrame, service: str = "training",
+                      key: str = "user_id") -> pd.DataFrame:
+    """Point-in-time-correct features for each (``key``, event_timestamp) row of ``entity_df``.
 
     Each row gets the values of the latest feature rows stamped at or before its timestamp (and
     within the view's TTL); nothing written later can appear. Columns are ``<view>__<feature>``.
+    ``key="track_id"`` serves the item-side services (``track_content``, ``track_popularity``).
     """
-    missing = {"user_id", "event_timestamp"} - set(entity_df.columns)
+    missing = {key, "event_timestamp"} - set(entity_df.columns)
     if missing:
         raise ValueError(f"entity_df lacks column(s) {sorted(missing)}")
     df = entity_df.copy()
     df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
     df["_row"] = range(len(df))  # the offline store may reorder rows; give them back in input order
     store = open_store(cfg)
-    job = store.get_historical_features(entity_df=df, features=store.get_feature_service(service),
-                                        full_feature_names=True)
-    return job.to_df().sort_values("_row").drop(columns="_row").reset_index(drop=True)
+    with _quiet_stdout():
+        job = store.get_historical_features(entity_df=df, features=store.get_feature_service(service),
+                                            full_feature_names=True)
+        out = job.to_df()
+    return out.sort_values("_row").drop(columns="_row").reset_index(drop=True)
 
 
 def online_features(cfg: EncoreConfig, ids: Sequence[str], service: str = "scoring",

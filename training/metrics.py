@@ -1,0 +1,235 @@
+"""Next-item ranking metrics: HR/Recall@k, NDCG@k and MRR from the rank of each held-out item.
+
+Every example has exactly one target, so metrics are computed from one 0-based rank per example:
+    rank = items ranked strictly above the target + other items tied with it (ties count against it).
+Pessimistic ties keep a constant or collapsed scorer honest: all-equal scores put the target last, not first.
+
+Masking rule (``EvalSettings.mask_history``): items in the user's history are removed from the ranking,
+**except the target itself**. Listening data repeats a lot, so the next track is often one the user has
+already played; masking it would make that example unwinnable. RecBole does the same for full-sort
+evaluation (history = used items minus the positive items, ``recbole/data/dataloader/general_dataloader.py``).
+Column 0 (padding) is always removed.
+
+Protocols:
+    "full":    rank among every vocabulary item (the default, and the only one comparable across models);
+    "sampled": rank among the target and ``num_candidates`` uniformly drawn negatives. Sampled metrics can
+               reorder models (Krichene & Rendle, "On Sampled Metrics for Item Recommendation", KDD 2020).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import numpy as np
+import torch
+from scipy import sparse
+
+from encore.core.config import EvalSettings
+from training.models.base import SequenceModel
+
+__all__ = [
+    "evaluate",
+    "evaluate_ranks",
+    "full_ranking_ranks",
+    "history_matrix",
+    "metrics_from_ranks",
+    "sampled_ranks",
+]
+
+log = logging.getLogger(__name__)
+
+SAMPLED_WARNING = (
+    "sampled evaluation ranks the target among {k} random negatives: sampled metrics can reorder models "
+    "(Krichene & Rendle, KDD 2020) and are not comparable to full-ranking numbers"
+)
+
+
+def _kept_mask(scores: torch.Tensor, targets: torch.Tensor, exclude: sparse.spmatrix | None) -> torch.Tensor:
+    """Which items take part in the ranking: BoolTensor [N, n+1].
+
+    False for column 0 and for every stored nonzero of ``exclude``; True for the target even if excluded.
+    """
+    N, width = scores.shape
+    if targets.shape != (N,):
+        raise ValueError(f"targets has shape {tuple(targets.shape)}, expected ({N},)")
+    if N and (int(targets.min()) < 1 or int(targets.max()) >= width):
+        raise ValueError(f"targets must be vocabulary items in 1..{width - 1} (0 is padding)")
+    kept = torch.ones(N, width, dtype=torch.bool)
+    kept[:, 0] = False
+    if exclude is not None:
+        exclude = sparse.csr_matrix(exclude)
+        if exclude.shape != (N, width):
+            raise ValueError(f"exclude has shape {exclude.shape}, expected {(N, width)}")
+        # Row index of every stored entry, from the CSR row pointers; explicit zeros are not exclusions.
+        rows = np.repeat(np.arange(N), np.diff(exclude.indptr))
+        hit = exclude.data != 0
+        kept[torch.from_numpy(rows[hit]), torch.from_numpy(exclude.indices[hit].astype(np.int64))] = False
+    kept = kept.to(scores.device)
+    kept[torch.arange(N, device=scores.device), targets.to(scores.device)] = True  # the target stays rankable
+    return kept
+
+
+def _clean(scores: torch.Tensor) -> torch.Tensor:
+    # NaN compares false with everything, which would silently rank a NaN target first; treat it as -inf.
+    return torch.nan_to_num(scores.float(), nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+
+
+def full_ranking_ranks(
+    scores: torch.Tensor, targets: torch.Tensor, exclude: sparse.spmatrix | None = None
+) -> torch.Tensor:
+    """0-based rank of each target among all kept items: scores [N, n+1], targets [N] -> LongTensor [N].
+
+    Kept items are 1..n minus ``exclude``'s nonzeros (csr [N, n+1]), with the target always kept.
+    An item ranks ahead of the target when its score is >= the target's (pessimistic ties).
+    """
+    scores = _clean(scores)
+    targets = targets.long()
+    kept = _kept_mask(scores, targets, exclude)  # [N, n+1]
+    target_scores = scores.gather(1, targets.to(scores.device)[:, None])  # [N, 1]
+    # The target itself is kept and ties with itself, hence the -1.
+    return (((scores >= target_scores) & kept).sum(1) - 1).cpu()  # [N]
+
+
+def sampled_ranks(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    exclude: sparse.spmatrix | None,
+    num_candidates: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """0-based rank of each target among itself and ``num_candidates`` sampled negatives -> LongTensor [N].
+
+    Negatives are drawn uniformly without replacement from items that are not padding, not the target
+    and not excluded. A row with fewer eligible items than ``num_candidates`` uses all of them.
+    Ties count against the target, as in ``full_ranking_ranks``.
+    """
+    if num_candidates < 1:
+        raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+    scores = _clean(scores)
+    targets = targets.long()
+    N, width = scores.shape
+    pool = _kept_mask(scores, targets, exclude)  # [N, n+1]
+    rows = torch.arange(N, device=scores.device)
+    pool[rows, targets.to(scores.device)] = False
+    # The k largest of i.i.d. uniform keys are a uniform k-subset; ineligible items get key -1 so they
+    # are picked only when a row has fewer than k eligible items, and are dropped again by `chosen`.
+    keys = torch.rand(N, width, generator=generator, device=generator.device).to(scores.device)  # [N, n+1]
+    keys = keys.masked_fill(~pool, -1.0)
+    k = min(num_candidates, width)
+    picked = keys.topk(k, dim=1).indices  # [N, k]
+    chosen = pool.gather(1, picked)  # [N, k] False where a row ran out of eligible items
+    target_scores = scores.gather(1, targets.to(scores.device)[:, None])  # [N, 1]
+    ahead = (scores.gather(1, picked) >= target_scores) & chosen  # [N, k]
+    return ahead.sum(1).cpu()  # [N]
+
+
+def metrics_from_ranks(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
+    """HR@k, Recall@k, NDCG@k for each k, MRR (uncut) and n, averaged over examples.
+
+    With one target per example Recall@k equals HR@k; both are reported so tables from either
+    convention line up. An empty ``ranks`` gives NaN metrics and n = 0.
+    """
+    if any(k < 1 for k in ks):
+        raise ValueError(f"cut-offs must be >= 1, got {ks}")
+    ranks = ranks.detach().cpu().double().reshape(-1)  # [N]
+    n = ranks.numel()
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = ranks < k  # [N]
+        hr = hit.double().mean().item() if n else math.nan
+        # One relevant item, so the ideal DCG is 1 and NDCG = 1 / log2(rank + 2) inside the cut-off.
+        gain = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), torch.zeros_like(ranks))
+        out[f"hr@{k}"] = hr
+        out[f"recall@{k}"] = hr
+        out[f"ndcg@{k}"] = gain.mean().item() if n else math.nan
+    out["mrr"] = (1.0 / (ranks + 1.0)).mean().item() if n else math.nan
+    out["n"] = float(n)
+    return out
+
+
+def evaluate_ranks(
+    model: SequenceModel,
+    items: torch.Tensor,
+    completion: torch.Tensor,
+    targets: torch.Tensor,
+    history: sparse.spmatrix | None,
+    settings: EvalSettings,
+    batch_size: int = 256,
+    device: str = "cpu",
+    seed: int = 0,
+) -> torch.Tensor:
+    """Rank of each target under ``settings``: items/completion [N, L], targets [N] -> LongTensor [N].
+
+    ``history`` (csr [N, n+1], see ``history_matrix``) is masked only when ``settings.mask_history``;
+    None means there is nothing to mask. The sampled protocol is seeded by ``seed``; its draws depend
+    on ``batch_size`` too, so keep both fixed when comparing runs.
+    """
+    N = items.shape[0]
+    if completion.shape != items.shape or targets.shape != (N,):
+        raise ValueError(
+            f"items {tuple(items.shape)}, completion {tuple(completion.shape)} and targets "
+            f"{tuple(targets.shape)} disagree"
+        )
+    exclude = sparse.csr_matrix(history) if settings.mask_history and history is not None else None
+    if exclude is not None and exclude.shape[0] != N:
+        raise ValueError(f"history has {exclude.shape[0]} rows for {N} examples")
+    generator: torch.Generator | None = None
+    if settings.protocol == "sampled":
+        message = SAMPLED_WARNING.format(k=settings.num_candidates)
+        warnings.warn(message, UserWarning, stacklevel=2)
+        log.warning(message)
+        generator = torch.Generator().manual_seed(seed)
+
+    was_training = model.training
+    model.eval()
+    ranks: list[torch.Tensor] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, N, batch_size):
+                stop = min(start + batch_size, N)
+                scores = model.score(items[start:stop].to(device), completion[start:stop].to(device))  # [B, n+1]
+                rows = exclude[start:stop] if exclude is not None else None
+                if generator is None:
+                    ranks.append(full_ranking_ranks(scores, targets[start:stop], rows))
+                else:
+                    ranks.append(sampled_ranks(scores, targets[start:stop], rows, settings.num_candidates, generator))
+    finally:
+        model.train(was_training)
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
+def evaluate(
+    model: SequenceModel,
+    items: torch.Tensor,
+    completion: torch.Tensor,
+    targets: torch.Tensor,
+    history: sparse.spmatrix | None,
+    settings: EvalSettings,
+    batch_size: int = 256,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Metrics dict for ``model`` (keys of ``metrics_from_ranks``; see ``evaluate_ranks`` for arguments).
+
+    Sampled runs keep the same metric keys and add ``sampled_candidates`` so a report can tell them apart.
+    """
+    ranks = evaluate_ranks(model, items, completion, targets, history, settings, batch_size, device, seed)
+    out = metrics_from_ranks(ranks, settings.ks)
+    if settings.protocol == "sampled":
+        out["sampled_candidates"] = float(settings.num_candidates)
+    return out
+
+
+def history_matrix(histories: list[np.ndarray], n_items: int) -> sparse.csr_matrix:
+    """One row of ones per history: csr int8 [N, n_items+1]; repeats collapse, padding (0) is dropped."""
+    N = len(histories)
+    rows = np.repeat(np.arange(N, dtype=np.int64), [len(h) for h in histories])
+    cols = np.concatenate([np.asarray(h, dtype=np.int64).reshape(-1) for h in histories] + [np.zeros(0, np.int64)])
+    if cols.size and (cols.min() < 0 or cols.max() > n_items):
+        raise ValueError(f"history items must be in 0..{n_items}")
+    # Dedupe before building: a track played five times is masked once, and int8 sums could overflow.
+    cells = np.unique(rows[cols != 0] * (n_items + 1) + cols[cols != 0])  # [nnz] row-major cell ids
+    data = np.ones(cells.size, dtype=np.int8)
+    return sparse.csr_matrix((data, (cells // (n_items + 1), cells % (n_items + 1))), shape=(N, n_items + 1))

@@ -1,0 +1,155 @@
+"""SASRec: self-attentive sequential recommendation (Kang & McAuley, ICDM 2018).
+
+Causal self-attention over a user's items; the hidden state at each position scores the next item
+against the item-embedding table (tied weights, as in the paper and RecBole).
+
+Departures from the paper:
+- Pre-LN blocks with a final LayerNorm and a GELU feed-forward (as RecBole's defaults): steadier on small data.
+- Positions count back from the newest item (0 = newest). The paper left-pads to a fixed length, so its
+  newest item also always has the same position; counting from the right keeps that for any input length,
+  and a history's output does not depend on how much left padding it carries.
+- Loss: full-softmax cross-entropy by default (Klenitskiy & Vasilev, RecSys 2023); ``loss="bce"`` is the
+  paper's sampled binary cross-entropy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from training.models.base import Batch, IdEncoder, pad_logits
+from training.models.losses import check_loss, sequence_loss
+
+
+class TransformerStack(nn.Module):
+    """Pre-LN transformer blocks with a per-row attention pattern; shared with BERT4Rec."""
+
+    def __init__(self, hidden: int, layers: int, heads: int, inner: int, dropout: float) -> None:
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                hidden, heads, inner, dropout, activation="gelu", batch_first=True, norm_first=True
+            )
+            for _ in range(layers)
+        )
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """x [B, T, H]; allowed [B, T(query), T(key)] bool; keep [B, T] bool (False = padding) -> [B, T, H].
+
+        ``allowed`` must let every query see at least one key (e.g. itself), or softmax over nothing is NaN.
+        """
+        # nn.MultiheadAttention wants one mask per (row, head), row-major: [B * heads, T, T], True = blocked.
+        blocked = (~allowed).repeat_interleave(self.heads, dim=0)
+        gate = keep.unsqueeze(-1).to(x.dtype)  # [B, T, 1]
+        for block in self.blocks:
+            # Zero padding outputs after each block (as the paper does), so pads stay inert.
+            x = block(x, src_mask=blocked) * gate
+        return self.norm(x) * gate  # [B, T, H]
+
+
+def right_positions(length: int, device: torch.device) -> torch.Tensor:
+    """Position ids counted back from the newest column: [length] = [length - 1, ..., 1, 0]."""
+    return torch.arange(length - 1, -1, -1, device=device)
+
+
+def init_weights(module: nn.Module) -> None:
+    """BERT-style init (as RecBole): N(0, 0.02) for linear and embedding weights, identity LayerNorm."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class SASRec(IdEncoder):
+    """Causal transformer over item ids; predicts the next item at every position."""
+
+    kind: ClassVar[str] = "sasrec"
+
+    def __init__(
+        self,
+        n_items: int,
+        max_len: int = 50,
+        hidden: int = 64,
+        layers: int = 2,
+        heads: int = 2,
+        inner: int = 256,
+        dropout: float = 0.2,
+        mask_prob: float = 0.2,
+        loss: str = "ce",
+        num_negatives: int = 1,
+    ) -> None:
+        super().__init__(n_items)
+        check_loss(loss, num_negatives)
+        self.max_len = max_len
+        self.hidden = hidden
+        self.layers = layers
+        self.heads = heads
+        self.inner = inner
+        self.dropout_p = dropout
+        self.mask_prob = mask_prob  # unused here; kept so every ID encoder takes the same settings
+        self.loss_type = loss
+        self.num_negatives = num_negatives
+
+        self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = TransformerStack(hidden, layers, heads, inner, dropout)
+
+        self.apply(init_weights)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "n_items": self.n_items,
+            "max_len": self.max_len,
+            "hidden": self.hidden,
+            "layers": self.layers,
+            "heads": self.heads,
+            "inner": self.inner,
+            "dropout": self.dropout_p,
+            "mask_prob": self.mask_prob,
+            "loss": self.loss_type,
+            "num_negatives": self.num_negatives,
+        }
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        """Hidden state after each position: items [B, T] (left-padded) -> [B, T, H]; padding rows are 0."""
+        items = items[:, -self.max_len :]  # the positional table covers the newest max_len items
+        T = items.shape[1]
+        keep = items != 0  # [B, T]
+        # The paper scales item embeddings by sqrt(hidden) before adding positions.
+        x = self.item_emb(items) * self.hidden**0.5 + self.pos_emb(right_positions(T, items.device))
+        x = self.dropout(x) * keep.unsqueeze(-1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=items.device).tril()  # [T, T], key <= query
+        # Each position may always see itself: a left-pad query would otherwise have no key at all (NaN).
+        itself = torch.eye(T, dtype=torch.bool, device=items.device)
+        allowed = (causal & keep.unsqueeze(1)) | itself  # [B, T, T]
+        return self.encoder(x, allowed, keep)  # [B, T, H]
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        items = batch["items"]  # [B, L + 1]
+        inputs, targets = items[:, :-1], items[:, 1:]  # [B, L] each
+        # A target right after padding has nothing to predict it from (its hidden state is 0): skip it.
+        targets = targets.masked_fill(inputs == 0, 0)
+        hidden = self.encode(inputs)  # [B, L, H]
+        targets = targets[:, -hidden.shape[1] :]
+        return sequence_loss(hidden, targets, self.item_emb.weight, self.loss_type, self.num_negatives)
+
+    def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        # ID encoders ignore completion; the argument is part of the SequenceModel contract.
+        h = self.encode(items)[:, -1]  # [B, H], state after the newest item
+        return pad_logits(h @ self.item_emb.weight.T)  # [B, n_items + 1]
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_emb.weight.detach()  # [n_items + 1, H]

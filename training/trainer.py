@@ -1,0 +1,219 @@
+"""The training loop: any ``SequenceModel`` through ``deepspeed.initialize``.
+
+One process on CPU here; ``deepspeed --num_gpus N`` runs the same code data-parallel on GPUs
+(each rank sees its slice of every epoch's batches). ZeRO settings live in
+``training/deepspeed/zero<N>.json``; their ``"auto"`` values are filled from ``TrainConfig``
+(batch size, accumulation, learning rate, weight decay, bf16 on GPU).
+
+Each epoch ends with a validation pass (full-ranking NDCG@10) and a DeepSpeed checkpoint holding
+the engine, the optimizer, the RNG states and the loop's own state, so a killed run resumes at the
+next epoch and continues exactly as an uninterrupted one would. The best epoch's weights are
+kept apart and restored at the end (early stopping).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from encore.core import faults
+from encore.core.config import TrainConfig
+from training.data import Dataset, EvalSet, prefix_samples, seq2seq_windows
+from training.metrics import evaluate
+from training.models.base import SequenceModel
+
+log = logging.getLogger(__name__)
+
+DEEPSPEED_DIR = Path(__file__).resolve().parent / "deepspeed"
+SELECTION_METRIC = "ndcg@10"
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    stopped_early: bool = False
+    resumed_from: int | None = None  # epoch the run resumed after, if it did
+    ds_config: dict[str, Any] = field(default_factory=dict)
+    samples_per_s: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def single_process_env() -> None:
+    """The distributed env DeepSpeed wants when it was not started by its launcher (STACK-NOTES)."""
+    for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def deepspeed_config(tc: TrainConfig, gpu: bool, world_size: int = 1) -> dict[str, Any]:
+    """training/deepspeed/zero<N>.json with its "auto" values filled from the train config."""
+    cfg = json.loads((DEEPSPEED_DIR / f"zero{tc.zero_stage}.json").read_text())
+    cfg["train_micro_batch_size_per_gpu"] = tc.batch_size
+    cfg["gradient_accumulation_steps"] = tc.grad_accum
+    cfg["train_batch_size"] = tc.batch_size * tc.grad_accum * world_size
+    cfg["optimizer"]["params"].update(lr=tc.lr, weight_decay=tc.weight_decay)
+    bf16 = tc.bf16 if tc.bf16 is not None else gpu
+    cfg["bf16"] = {"enabled": bool(bf16)}
+    return cfg
+
+
+def windows_for(model: SequenceModel, data: Dataset, tc: TrainConfig, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An epoch's training windows: all of them for ID models, sampled prefixes for E4SRec."""
+    if model.kind == "e4srec":
+        return prefix_samples(data.train, tc.max_len, tc.e4srec.examples_per_user, seed=tc.seed * 100_003 + epoch)
+    return seq2seq_windows(data.train, tc.max_len)
+
+
+@contextlib.contextmanager
+def full_params(engine: Any) -> Iterator[None]:
+    """Under ZeRO-3 parameters are partitioned: gather them for evaluation and saving."""
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=0):
+            yield
+    else:
+        yield
+
+
+def _trainable_state(model: SequenceModel) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
+
+
+def validate(model: SequenceModel, evalset: EvalSet, tc: TrainConfig, device: torch.device) -> dict[str, float]:
+    was_training = model.training
+    try:
+        return evaluate(model, evalset.items, evalset.completion, evalset.targets, evalset.history, tc.eval,
+                        batch_size=max(64, tc.batch_size), device=str(device), seed=tc.seed)
+    finally:
+        model.train(was_training)
+
+
+def fit(model: SequenceModel, data: Dataset, tc: TrainConfig, run_dir: Path,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        max_epochs: int | None = None) -> FitResult:
+    """Train ``model`` in place with DeepSpeed; checkpoints under ``run_dir``; returns the history.
+
+    ``run_dir`` holding a checkpoint from an interrupted run means resume. ``on_epoch(epoch, row)``
+    sees each epoch's losses and validation metrics (the caller logs them to MLflow).
+    ``max_epochs`` stops early on purpose (tests, benchmarks) without touching ``tc``.
+    """
+    import deepspeed
+
+    single_process_env()
+    gpu = torch.cuda.is_available()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ds_cfg = deepspeed_config(tc, gpu, world)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{model.kind} has no trainable parameters")
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_cfg)
+    device = engine.device
+    ckpt_dir = run_dir / "checkpoints"
+    best_path = run_dir / "best.pt"
+
+    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    resumed_from = None
+    if (ckpt_dir / "latest").exists():
+        _, client = engine.load_checkpoint(str(ckpt_dir))
+        state = client["loop"]
+        torch.set_rng_state(client["torch_rng"])
+        np.random.set_state(client["numpy_rng"])
+        random.setstate(client["python_rng"])
+        resumed_from = state["epoch"]
+        log.info("resumed after epoch %d (best %s %.4f at epoch %d)", state["epoch"], SELECTION_METRIC,
+                 state["best"], state["best_epoch"])
+
+    rank = int(os.environ.get("RANK", "0"))
+    stopped_early = False
+    seen, busy = 0, 0.0
+    last_epoch = min(tc.epochs, max_epochs) if max_epochs else tc.epochs
+    for epoch in range(state["epoch"] + 1, last_epoch + 1):
+        items, comp = windows_for(model, data, tc, epoch)
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(tc.seed * 7919 + epoch))
+        order = order[rank::world]  # each rank its share (launcher runs)
+        engine.train()
+        losses = []
+        t0 = time.perf_counter()
+        bar = tqdm(range(0, len(order), tc.batch_size), desc=f"{model.kind} epoch {epoch}/{last_epoch}",
+                   unit="batch", leave=False, disable=None, file=sys.stderr)
+        for start in bar:
+            idx = order[start:start + tc.batch_size]
+            batch = {"items": items[idx].to(device), "completion": comp[idx].to(device)}
+            loss = engine(batch)
+            engine.backward(loss)
+            engine.step()
+            losses.append(float(loss.detach().float()))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        busy += time.perf_counter() - t0
+        seen += len(order)
+        with full_params(engine):
+            valid = validate(engine.module, data.valid, tc, device)
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                   **{f"valid_{k}": v for k, v in valid.items()}}
+            score = valid[SELECTION_METRIC]
+            if score > state["best"]:
+                state.update(best=score, best_epoch=epoch, bad_epochs=0)
+                if rank == 0:
+                    torch.save(_trainable_state(engine.module), best_path)
+            else:
+                state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        state["history"].append(row)
+        log.info("epoch %d: loss %.4f, valid %s %.4f (best %.4f at %d)", epoch, row["train_loss"],
+                 SELECTION_METRIC, score, state["best"], state["best_epoch"])
+        if on_epoch:
+            on_epoch(epoch, row)
+        engine.save_checkpoint(str(ckpt_dir), tag=f"epoch-{epoch}", client_state={
+            "loop": state, "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate()})
+        if rank == 0:
+            for old in ckpt_dir.glob("epoch-*"):  # keep the newest checkpoint only: disk, not history
+                if old.name != f"epoch-{epoch}":
+                    shutil.rmtree(old, ignore_errors=True)
+        faults.point("train.epoch_saved")
+        if state["bad_epochs"] >= tc.patience:
+            stopped_early = True
+            log.info("early stop: no better validation %s for %d epochs", SELECTION_METRIC, tc.patience)
+            break
+
+    if best_path.exists():
+        with full_params(engine):
+            engine.module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True), strict=False)
+    model = engine.module
+    model.eval()
+    best_row = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
+    return FitResult(best_epoch=state["best_epoch"],
+                     best_valid={k[len("valid_"):]: v for k, v in best_row.items() if k.startswith("valid_")},
+                     history=state["history"], stopped_early=stopped_early, resumed_from=resumed_from,
+                     ds_config=ds_cfg, samples_per_s=seen / busy if busy else 0.0)
