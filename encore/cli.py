@@ -397,6 +397,183 @@ def materialize(ctx: click.Context, end: Any, views: tuple[str, ...], as_json: b
             click.echo(f"  {name:<13} {v['source_rows']:>10,} rows  from {v['start']}")
 
 
+# --------------------------------------------------------------------------- train
+_MODELS = ("sasrec", "bert4rec", "gru4rec", "e4srec", "content")
+
+
+def _with_train(cfg: EncoreConfig, **changes: Any) -> EncoreConfig:
+    """``cfg`` with ``train`` settings replaced (dotted keys: ``e4srec.fusion``), validated."""
+    from encore.core.config import TrainConfig
+
+    data = cfg.train.model_dump(mode="json")
+    for key, value in changes.items():
+        if value is None:
+            continue
+        node = data
+        *path, last = key.split(".")
+        for k in path:
+            node = node[k]
+        node[last] = value
+    try:
+        return cfg.model_copy(update={"train": TrainConfig.model_validate(data)})
+    except Exception as exc:
+        raise click.ClickException(f"invalid training option: {exc}") from None
+
+
+def _metrics_table(rows: list[tuple[str, dict[str, float]]], ks: list[int]) -> str:
+    cols = [f"{m}@{k}" for m in ("hr", "ndcg") for k in ks] + ["mrr"]
+    width = max(12, *(len(name) for name, _ in rows))
+    lines = [f"{'':<{width}}  " + "  ".join(f"{c:>8}" for c in cols)]
+    for name, m in rows:
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{m.get(c, float('nan')):>8.4f}" for c in cols))
+    return "\n".join(lines)
+
+
+def _train_options(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--model", type=click.Choice(_MODELS), help="What to train. Default: train.model (e4srec)."),
+        click.option("--modalities", help="E4SRec item parts, comma-separated from id,lyrics,audio,meta,completion."),
+        click.option("--fusion", type=click.Choice(["concat", "weighted", "xattn", "film"]),
+                     help="How E4SRec combines the modalities."),
+        click.option("--backbone", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="Hugging Face model folder for E4SRec (Llama, Qwen2, Mistral, BERT...). Default: MiniLM."),
+        click.option("--id-encoder", type=click.Choice(["sasrec", "bert4rec", "gru4rec"]),
+                     help="Pretrained ID encoder whose item table E4SRec reuses."),
+        click.option("--zero-stage", type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage."),
+        click.option("--epochs", type=click.IntRange(min=1), help="Most epochs (early stopping may end sooner)."),
+        click.option("--batch-size", type=click.IntRange(min=1), help="Examples per micro-batch."),
+        click.option("--lr", type=float, help="Learning rate."),
+        click.option("--seed", type=int, help="Random seed."),
+        click.option("--split", type=click.Choice(["loo", "time"]), help="Leave-one-out, or a global time split."),
+        click.option("--min-item-plays", type=click.IntRange(min=1), help="Vocabulary: tracks with this many plays."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _train_changes(model: str | None, modalities: str | None, fusion: str | None, backbone: Path | None,
+                   id_encoder: str | None, zero_stage: int | None, epochs: int | None, batch_size: int | None,
+                   lr: float | None, seed: int | None, split: str | None, min_item_plays: int | None) -> dict[str, Any]:
+    return {"model": model, "e4srec.modalities": modalities.split(",") if modalities else None,
+            "e4srec.fusion": fusion, "e4srec.backbone": str(backbone.resolve()) if backbone else None,
+            "e4srec.id_encoder": id_encoder, "zero_stage": zero_stage, "epochs": epochs, "batch_size": batch_size,
+            "lr": lr, "seed": seed, "split": split, "min_item_plays": min_item_plays}
+
+
+@cli.command()
+@_train_options
+@click.option("--no-register", is_flag=True, help="Track the run in MLflow but do not register the model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_context
+def train(ctx: click.Context, no_register: bool, as_json: bool, **opts: Any) -> None:
+    """Train a recommender on the lake, evaluate it, track it in MLflow and register it.
+
+    \b
+    Data: sequences from the listens table, content from Feast's track_content service, user
+    context from the training service (point in time). Split: leave-one-out per user by default.
+    Metrics: full ranking over all tracks (HR, NDCG @5/10/20, MRR), history items masked.
+    Training runs through DeepSpeed (ZeRO config training/deepspeed/zero<N>.json), checkpoints
+    every epoch, stops early on validation NDCG@10, and resumes when rerun after a kill.
+    The model is registered as mlflow.model_name (encore-recommender) with alias @challenger.
+    \b
+    Examples:
+      encore train --model sasrec
+      encore train --model e4srec --modalities id,lyrics,audio,meta,completion --fusion weighted
+      encore train --model e4srec --backbone /models/Qwen2-0.5B --zero-stage 2
+    """
+    from training.data import DataError
+    from training.train import train as run_train
+
+    cfg = _with_train(_config(ctx), **_train_changes(**opts))
+    try:
+        out = run_train(cfg, register=not no_register)
+    except (DataError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"run_id": out.run_id, "model": out.model, "test": out.test, "valid": out.valid,
+                               "model_version": out.model_version, "trainable_params": out.trainable_params,
+                               "best_epoch": out.fit.best_epoch if out.fit else None}, indent=2))
+        return
+    fit = out.fit
+    click.echo(f"{out.model}: {out.info.get('users')} users, {out.info.get('items')} items, "
+               f"{out.trainable_params:,} trainable parameters")
+    if fit:
+        click.echo(f"  {len(fit.history)} epochs ({'early stop' if fit.stopped_early else 'epoch limit'}), "
+                   f"best epoch {fit.best_epoch}, {fit.samples_per_s:,.0f} training samples/s")
+    click.echo(_metrics_table([("valid", out.valid), ("test", out.test)] if out.valid else [("test", out.test)],
+                              cfg.train.eval.ks))
+    click.echo(f"MLflow run {out.run_id}")
+    if out.model_version:
+        click.echo(f"registered {cfg.mlflow.model_name} version {out.model_version} as @challenger")
+
+
+# --------------------------------------------------------------------------- bench
+@cli.group()
+def bench() -> None:
+    """Model benchmarks: the paper's ablation table, and standard datasets vs published figures."""
+
+
+@bench.command("table")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; each variant runs once per seed.")
+@click.option("--only", multiple=True, help="Run only this variant (repeatable), e.g. --only SASRec.")
+@_train_options
+@click.pass_context
+def bench_table(ctx: click.Context, seeds: str, only: tuple[str, ...], **opts: Any) -> None:
+    """Reproduce the paper's ablation on the lake: ID models, content zero-shot, E4SRec variants.
+
+    \b
+    Rows: SASRec, BERT4Rec, GRU4Rec, content zero-shot, E4SRec (ID only), E4SRec + each modality,
+    E4SRec + all modalities with each fusion. Every run is tracked in MLflow (none registered);
+    the markdown table and a bar chart go to <home>/outputs/bench-table/ and to an MLflow run.
+    Finished runs are remembered, so a rerun after a kill resumes.
+    """
+    from training.ablation import ablation
+
+    changes = _train_changes(**opts)
+    if changes.get("model"):
+        raise click.ClickException("bench table runs every model; --model does not apply")
+    cfg = _with_train(_config(ctx), **changes)
+    out = ablation(cfg, [int(s) for s in seeds.split(",")], list(only) or None)
+    click.echo(out["markdown"].read_text())
+    click.echo(f"table: {out['markdown']}\nchart: {out['chart']}")
+
+
+@bench.command("standard")
+@click.option("--data", "data_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="`user item item ...` per line (or `user item` per line in time order), 1-indexed.")
+@click.option("--attributes", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help='Item attributes JSON {"item": [attribute ids]}: the metadata modality.')
+@click.option("--protocol", type=click.Choice(["full", "sampled-100"]), default="full", show_default=True,
+              help="Full ranking, or the target among 100 sampled negatives (warns: not comparable).")
+@_train_options
+@click.pass_context
+def bench_standard_cmd(ctx: click.Context, data_file: Path, attributes: Path | None, protocol: str,
+                       **opts: Any) -> None:
+    """Train and evaluate on a standard sequential dataset; print published figures beside ours.
+
+    \b
+    Example (Amazon Beauty, leave-one-out, full ranking):
+      encore bench standard --data ../shared/datasets/beauty/Beauty.txt --model sasrec
+    """
+    from training.standard import bench_standard
+
+    changes = _train_changes(**opts)
+    changes["model"] = changes.get("model") or "sasrec"
+    cfg = _with_train(_config(ctx), **changes)
+    out, published = bench_standard(cfg, data_file, attributes, protocol)
+    cols = ["hr@5", "hr@10", "ndcg@5", "ndcg@10"]
+    width = max(len(p["source"]) for p in published) + 2
+    click.echo(f"{data_file.name}: {out.info.get('users')} users, {out.info.get('items')} items, protocol {protocol}")
+    click.echo(f"{'':<{width}}" + "".join(f"{c:>9}" for c in cols))
+    name = f"Encore {out.model} (this run)"
+    click.echo(f"{name:<{width}}" + "".join(f"{out.test[c]:>9.4f}" for c in cols))
+    for p in published:
+        click.echo(f"{p['source']:<{width}}" + "".join(f"{p[c]:>9.4f}" for c in cols))
+    if out.fit:
+        click.echo(f"{len(out.fit.history)} epochs, best {out.fit.best_epoch}, "
+                   f"{out.fit.samples_per_s:,.0f} training samples/s; MLflow run {out.run_id}")
+
+
 # --------------------------------------------------------------------------- summary
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -1,0 +1,189 @@
+"""The paper's ablation, on this workspace's data: every model and E4SRec variant, several seeds.
+
+``ablation(cfg)`` trains and evaluates each variant for each seed with ``training.train.train``
+(each run tracked in MLflow, none registered), then writes a markdown table of mean ± std and a
+bar chart, and logs both to a parent MLflow run. Finished runs are kept in
+``<home>/outputs/bench-table/runs.jsonl`` keyed by variant, seed and config, so a killed table
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+
+from encore.core.config import MODALITIES, EncoreConfig, TrainConfig
+from encore.core.workspace import Workspace
+from training import tracking
+from training.data import Dataset, content_table, load_lake
+from training.train import train
+
+log = logging.getLogger(__name__)
+
+ID_ONLY = ("SASRec", "BERT4Rec", "GRU4Rec", "E4SRec (ID)")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    changes: dict[str, Any]
+
+
+def variants() -> list[Variant]:
+    """The rows of the paper's ablation table, in order."""
+    rows = [Variant("SASRec", {"model": "sasrec"}), Variant("BERT4Rec", {"model": "bert4rec"}),
+            Variant("GRU4Rec", {"model": "gru4rec"}), Variant("Content zero-shot", {"model": "content"}),
+            Variant("E4SRec (ID)", {"model": "e4srec", "e4srec.modalities": ["id"]})]
+    for m, label in (("lyrics", "lyrics"), ("audio", "audio"), ("meta", "metadata"), ("completion", "completion")):
+        rows.append(Variant(f"E4SRec + {label}", {"model": "e4srec", "e4srec.modalities": ["id", m]}))
+    for fusion in ("concat", "weighted", "xattn", "film"):
+        rows.append(Variant(f"E4SRec + all ({fusion})", {"model": "e4srec", "e4srec.modalities": list(MODALITIES),
+                                                        "e4srec.fusion": fusion}))
+    return rows
+
+
+def apply_changes(tc: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    data = tc.model_dump(mode="json")
+    for key, value in changes.items():
+        node = data
+        *path, last = key.split(".")
+        for k in path:
+            node = node[k]
+        node[last] = value
+    return TrainConfig.model_validate(data)
+
+
+def _key(tc: TrainConfig, data_info: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps([tc.model_dump(mode="json"), data_info], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+
+
+def summarize(results: list[dict[str, Any]], names: list[str], metrics: list[str]) -> list[dict[str, Any]]:
+    """Mean and (sample) std over seeds, per variant and metric."""
+    rows = []
+    for name in names:
+        runs = [r for r in results if r["variant"] == name]
+        if not runs:
+            continue
+        row: dict[str, Any] = {"variant": name, "seeds": len(runs)}
+        for m in metrics:
+            vals = np.array([r["test"][m] for r in runs], dtype=float)
+            row[m] = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+        rows.append(row)
+    return rows
+
+
+def verdict(rows: list[dict[str, Any]], metric: str = "ndcg@10") -> dict[str, Any]:
+    """Does the best multimodal E4SRec beat every ID-only model by more than 2 std (of both)?"""
+    multi = [r for r in rows if r["variant"].startswith("E4SRec + all")]
+    ids = [r for r in rows if r["variant"] in ID_ONLY]
+    if not multi or not ids:
+        return {}
+    best = max(multi, key=lambda r: r[metric][0])
+    margins = {}
+    for r in ids:
+        gap = best[metric][0] - r[metric][0]
+        # two standard deviations of the difference of two independent means over seeds
+        two_std = 2 * float(np.hypot(best[metric][1], r[metric][1]))
+        margins[r["variant"]] = {"gap": gap, "two_std": two_std, "beats": gap > two_std}
+    return {"best": best["variant"], "metric": metric, "margins": margins,
+            "beats_all": all(m["beats"] for m in margins.values())}
+
+
+def markdown(rows: list[dict[str, Any]], metrics: list[str], info: dict[str, Any], v: dict[str, Any]) -> str:
+    lines = [f"Test metrics on {info.get('users')} users × {info.get('items')} items "
+             f"({info.get('split')} split, full ranking, history masked); mean ± std over seeds.", "",
+             "| model | seeds | " + " | ".join(metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
+    best = {m: max(r[m][0] for r in rows) for m in metrics}
+    for r in rows:
+        cells = []
+        for m in metrics:
+            mean, std = r[m]
+            cell = f"{mean:.4f} ± {std:.4f}"
+            cells.append(f"**{cell}**" if mean == best[m] else cell)
+        lines.append(f"| {r['variant']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    if v:
+        lines += ["", f"Best multimodal variant: {v['best']}. Its {v['metric']} against each ID-only model "
+                      "(gap; 2 × std of the difference):"]
+        for name, m in v["margins"].items():
+            lines.append(f"- {name}: {m['gap']:+.4f} (2σ {m['two_std']:.4f}) → "
+                         f"{'beats' if m['beats'] else 'does NOT beat'} it by more than 2σ")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["variant"] for r in rows]
+    means = [r[metric][0] for r in rows]
+    stds = [r[metric][1] for r in rows]
+    colors = ["#8c8c8c" if n in ID_ONLY else "#4c9f70" if n.startswith("Content") else "#3b6fb6" for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.38 * len(rows) + 1.2))
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, means, xerr=stds, color=colors, capsize=3)
+    ax.set_yticks(y, names)
+    ax.set_xlabel(f"test {metric} (mean ± std over seeds)")
+    ax.set_title("Ablation: ID-only (grey), content zero-shot (green), E4SRec variants (blue)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def ablation(cfg: EncoreConfig, seeds: list[int], only: list[str] | None = None,
+             data: Dataset | None = None, out_dir: Path | None = None) -> dict[str, Any]:
+    """Run the table; returns rows, verdict and the paths of the markdown and PNG it wrote."""
+    data = data or load_lake(cfg)
+    chosen = [v for v in variants() if not only or v.name in only]
+    needs_content = any(v.changes["model"] in ("content", "e4srec") for v in chosen)
+    content = content_table(cfg, data.vocab, ("lyrics", "audio", "meta")) if needs_content else None
+    ws = Workspace.at(cfg.home)
+    out_dir = out_dir or ws.outputs / "bench-table"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done_file = out_dir / "runs.jsonl"
+    done = {}
+    if done_file.exists():
+        for line in done_file.read_text().splitlines():
+            rec = json.loads(line)
+            done[rec["key"]] = rec
+    results = []
+    for v in chosen:
+        for seed in seeds:
+            tc = apply_changes(cfg.train, {**v.changes, "seed": seed})
+            key = _key(tc, data.info)
+            if key in done:
+                results.append(done[key])
+                continue
+            log.info("table: %s, seed %d", v.name, seed)
+            out = train(cfg.model_copy(update={"train": tc}), data=data, content=content, register=False,
+                        log_model=False, run_name=f"table: {v.name} seed {seed}",
+                        tags={"encore.bench": "table", "encore.variant": v.name})
+            rec = {"key": key, "variant": v.name, "seed": seed, "run_id": out.run_id, "test": out.test,
+                   "best_epoch": out.fit.best_epoch if out.fit else None,
+                   "samples_per_s": out.fit.samples_per_s if out.fit else None}
+            with done_file.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            results.append(rec)
+    metrics = [f"{m}@{k}" for m in ("hr", "ndcg") for k in (5, 10)] + ["mrr"]
+    rows = summarize(results, [v.name for v in chosen], metrics)
+    v = verdict(rows)
+    md = out_dir / "ablation.md"
+    md.write_text(markdown(rows, metrics, data.info, v))
+    png = bar_chart(rows, "ndcg@10", out_dir / "ablation_ndcg10.png")
+    with tracking.run(cfg, "bench table", tags={"encore.bench": "table-summary"}):
+        mlflow.log_params({"seeds": ",".join(map(str, seeds)), "variants": len(chosen)})
+        mlflow.log_artifact(str(md))
+        mlflow.log_artifact(str(png))
+        mlflow.log_dict({"rows": rows, "verdict": v}, "ablation.json")
+    return {"rows": rows, "verdict": v, "markdown": md, "chart": png, "results": results}

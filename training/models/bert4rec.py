@@ -1,0 +1,132 @@
+"""BERT4Rec: sequential recommendation with a bidirectional transformer (Sun et al., CIKM 2019).
+
+Cloze training: hide a random share of a user's items behind a [MASK] token and predict them from both
+sides. At inference a [MASK] is appended after the history and its output scores the next item.
+
+Item index n_items + 1 is [MASK] (the embedding table has n_items + 2 rows); it is never scored.
+
+Departures from the paper:
+- Pre-LN blocks with a final LayerNorm (shared with SASRec); positions count back from the newest item.
+- Masked items are always replaced by [MASK] (the paper's choice too, unlike BERT's 80/10/10).
+- The paper adds extra training samples that mask only the last item. We do not duplicate rows: the
+  newest item is masked at the same rate as any other, and a row whose random draw masked nothing gets
+  its newest item masked, which is both the inference task and keeps every row in the loss.
+- The output head is tied to the item table without a per-item bias; loss "ce" by default as in SASRec.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from training.models.base import Batch, IdEncoder, pad_logits
+from training.models.losses import check_loss, sequence_loss
+from training.models.sasrec import TransformerStack, init_weights, right_positions
+
+
+def cloze_mask(items: torch.Tensor, mask_prob: float) -> torch.Tensor:
+    """Which items to hide: items [B, T] (left-padded) -> BoolTensor [B, T].
+
+    Each non-pad item is hidden with probability mask_prob; padding never is. A row with items but no
+    draw gets its newest item hidden. torch.rand on items' device, so torch.manual_seed fixes the draw.
+    """
+    real = items != 0  # [B, T]
+    masked = (torch.rand(items.shape, device=items.device) < mask_prob) & real
+    nothing = ~masked.any(dim=1) & real[:, -1]  # [B]; left padding puts the newest item last
+    masked[:, -1] |= nothing
+    return masked  # [B, T]
+
+
+class BERT4Rec(IdEncoder):
+    """Bidirectional transformer over item ids, trained by masked-item prediction."""
+
+    kind: ClassVar[str] = "bert4rec"
+
+    def __init__(
+        self,
+        n_items: int,
+        max_len: int = 50,
+        hidden: int = 64,
+        layers: int = 2,
+        heads: int = 2,
+        inner: int = 256,
+        dropout: float = 0.2,
+        mask_prob: float = 0.2,
+        loss: str = "ce",
+        num_negatives: int = 1,
+    ) -> None:
+        super().__init__(n_items)
+        check_loss(loss, num_negatives)
+        if not 0 < mask_prob < 1:
+            raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+        self.max_len = max_len
+        self.hidden = hidden
+        self.layers = layers
+        self.heads = heads
+        self.inner = inner
+        self.dropout_p = dropout
+        self.mask_prob = mask_prob
+        self.loss_type = loss
+        self.num_negatives = num_negatives
+        self.mask_token = n_items + 1
+
+        self.item_emb = nn.Embedding(n_items + 2, hidden, padding_idx=0)  # row n_items + 1 = [MASK]
+        # Training reads the whole window (L + 1 items), inference L items ending in [MASK].
+        self.pos_emb = nn.Embedding(max_len + 1, hidden)
+        self.emb_norm = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = TransformerStack(hidden, layers, heads, inner, dropout)
+        # BERT's prediction transform before the tied output layer.
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
+
+        self.apply(init_weights)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "n_items": self.n_items,
+            "max_len": self.max_len,
+            "hidden": self.hidden,
+            "layers": self.layers,
+            "heads": self.heads,
+            "inner": self.inner,
+            "dropout": self.dropout_p,
+            "mask_prob": self.mask_prob,
+            "loss": self.loss_type,
+            "num_negatives": self.num_negatives,
+        }
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        """Output at each position: items [B, T] (left-padded, may contain [MASK]) -> [B, T, H]."""
+        items = items[:, -(self.max_len + 1) :]  # the positional table covers max_len + 1 items
+        T = items.shape[1]
+        keep = items != 0  # [B, T]
+        x = self.item_emb(items) + self.pos_emb(right_positions(T, items.device))
+        x = self.dropout(self.emb_norm(x)) * keep.unsqueeze(-1)
+        # Every item sees every item; a pad query sees only itself so its softmax is never empty (NaN).
+        itself = torch.eye(T, dtype=torch.bool, device=items.device)
+        allowed = keep.unsqueeze(1) | itself  # [B, T, T]
+        return self.head(self.encoder(x, allowed, keep))  # [B, T, H]
+
+    def item_table(self) -> torch.Tensor:
+        """Scoring table without [MASK]: [n_items + 1, H], so the mask token can never be predicted."""
+        return self.item_emb.weight[: self.n_items + 1]
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        items = batch["items"][:, -(self.max_len + 1) :]  # [B, L + 1]: the whole window, newest last
+        masked = cloze_mask(items, self.mask_prob)  # [B, L + 1]
+        inputs = items.masked_fill(masked, self.mask_token)
+        targets = items.masked_fill(~masked, 0)  # only masked positions enter the loss
+        hidden = self.encode(inputs)  # [B, L + 1, H]
+        return sequence_loss(hidden, targets, self.item_table(), self.loss_type, self.num_negatives)
+
+    def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        # ID encoders ignore completion. Drop the oldest column and append [MASK]: the input stays L long.
+        mask_col = torch.full((items.shape[0], 1), self.mask_token, dtype=items.dtype, device=items.device)
+        inputs = torch.cat([items[:, 1:], mask_col], dim=1)  # [B, L]
+        h = self.encode(inputs)[:, -1]  # [B, H], the [MASK] position
+        return pad_logits(h @ self.item_table().T)  # [B, n_items + 1]
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_table().detach()  # [n_items + 1, H]

