@@ -81,14 +81,17 @@ class Sequences:
 
 @dataclass
 class EvalSet:
-    """One example per user: the last ``max_len`` items before a target, and the full history."""
+    """One example per user: the last ``max_len`` items before a target (the model's history)."""
 
     users: list[str]
     items: torch.Tensor  # [N, L] left-padded
     completion: torch.Tensor  # [N, L] NaN = unknown
     targets: torch.Tensor  # [N]
     timestamps: np.ndarray  # [N] epoch seconds of the target listen
-    history: Any  # scipy csr [N, n_items + 1]: every item before the target (for masking)
+    # scipy csr [N, n_items + 1]: the items of that window, masked when eval.mask_history is on. The
+    # window, not the whole past: it is what nightly scoring has (Feast's 50 recent tracks), and a
+    # listener's whole past covers most of a small catalog (80% of the demo's test targets).
+    history: Any
 
     def __len__(self) -> int:
         return len(self.users)
@@ -239,7 +242,7 @@ def eval_set(rows: list[tuple[str, np.ndarray, np.ndarray, int, int]], n_items: 
     return EvalSet(users=[r[0] for r in rows], items=torch.from_numpy(items), completion=torch.from_numpy(comp),
                    targets=torch.tensor([r[3] for r in rows], dtype=torch.long),
                    timestamps=np.array([r[4] for r in rows], dtype=np.int64),
-                   history=history_matrix([r[1] for r in rows], n_items))
+                   history=history_matrix([r[1][-max_len:] for r in rows], n_items))
 
 
 # -- training windows -----------------------------------------------------------------------------

@@ -4,11 +4,12 @@ Every example has exactly one target, so metrics are computed from one 0-based r
     rank = items ranked strictly above the target + other items tied with it (ties count against it).
 Pessimistic ties keep a constant or collapsed scorer honest: all-equal scores put the target last, not first.
 
-Masking rule (``EvalSettings.mask_history``): items in the user's history are removed from the ranking,
-**except the target itself**. Listening data repeats a lot, so the next track is often one the user has
-already played; masking it would make that example unwinnable. RecBole does the same for full-sort
-evaluation (history = used items minus the positive items, ``recbole/data/dataloader/general_dataloader.py``).
-Column 0 (padding) is always removed.
+Masking rule (``EvalSettings.mask_history``): items in the user's history can never be recommended, so
+they leave the ranking, **the target included** when it is a repeat: such an example is a miss (its rank
+is ``MISS``). Keeping a repeated target rankable while masking the rest of the
+history would leak the label: a model that merely ranks "recently played" first would then find the
+target at rank 0 whenever it is a repeat. Which items count as history is the caller's choice
+(``training.data``: the model's input window). Column 0 (padding) is always removed.
 
 Protocols:
     "full":    rank among every vocabulary item (the default, and the only one comparable across models);
@@ -40,6 +41,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Rank given to a target that cannot be recommended (masked as history): past any cut-off, and
+# 1 / (MISS + 1) ~ 1e-12 adds nothing to MRR.
+MISS = 1 << 40
+
 SAMPLED_WARNING = (
     "sampled evaluation ranks the target among {k} random negatives: sampled metrics can reorder models "
     "(Krichene & Rendle, KDD 2020) and are not comparable to full-ranking numbers"
@@ -49,7 +54,7 @@ SAMPLED_WARNING = (
 def _kept_mask(scores: torch.Tensor, targets: torch.Tensor, exclude: sparse.spmatrix | None) -> torch.Tensor:
     """Which items take part in the ranking: BoolTensor [N, n+1].
 
-    False for column 0 and for every stored nonzero of ``exclude``; True for the target even if excluded.
+    False for column 0 and for every stored nonzero of ``exclude``, the target included.
     """
     N, width = scores.shape
     if targets.shape != (N,):
@@ -66,9 +71,7 @@ def _kept_mask(scores: torch.Tensor, targets: torch.Tensor, exclude: sparse.spma
         rows = np.repeat(np.arange(N), np.diff(exclude.indptr))
         hit = exclude.data != 0
         kept[torch.from_numpy(rows[hit]), torch.from_numpy(exclude.indices[hit].astype(np.int64))] = False
-    kept = kept.to(scores.device)
-    kept[torch.arange(N, device=scores.device), targets.to(scores.device)] = True  # the target stays rankable
-    return kept
+    return kept.to(scores.device)
 
 
 def _clean(scores: torch.Tensor) -> torch.Tensor:
@@ -81,15 +84,19 @@ def full_ranking_ranks(
 ) -> torch.Tensor:
     """0-based rank of each target among all kept items: scores [N, n+1], targets [N] -> LongTensor [N].
 
-    Kept items are 1..n minus ``exclude``'s nonzeros (csr [N, n+1]), with the target always kept.
-    An item ranks ahead of the target when its score is >= the target's (pessimistic ties).
+    Kept items are 1..n minus ``exclude``'s nonzeros (csr [N, n+1]). An item ranks ahead of the
+    target when its score is >= the target's (pessimistic ties). A target that is itself excluded
+    cannot be recommended: its rank is ``MISS``.
     """
     scores = _clean(scores)
     targets = targets.long()
     kept = _kept_mask(scores, targets, exclude)  # [N, n+1]
+    rows = torch.arange(len(targets), device=scores.device)
+    target_kept = kept[rows, targets.to(scores.device)]  # [N]
     target_scores = scores.gather(1, targets.to(scores.device)[:, None])  # [N, 1]
-    # The target itself is kept and ties with itself, hence the -1.
-    return (((scores >= target_scores) & kept).sum(1) - 1).cpu()  # [N]
+    # A kept target ties with itself, hence the -1.
+    ranks = ((scores >= target_scores) & kept).sum(1) - 1  # [N]
+    return torch.where(target_kept, ranks, torch.full_like(ranks, MISS)).cpu()  # [N]
 
 
 def sampled_ranks(
@@ -103,7 +110,7 @@ def sampled_ranks(
 
     Negatives are drawn uniformly without replacement from items that are not padding, not the target
     and not excluded. A row with fewer eligible items than ``num_candidates`` uses all of them.
-    Ties count against the target, as in ``full_ranking_ranks``.
+    Ties count against the target, as in ``full_ranking_ranks``; an excluded target ranks last.
     """
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
@@ -112,6 +119,7 @@ def sampled_ranks(
     N, width = scores.shape
     pool = _kept_mask(scores, targets, exclude)  # [N, n+1]
     rows = torch.arange(N, device=scores.device)
+    target_kept = pool[rows, targets.to(scores.device)].clone()  # [N]
     pool[rows, targets.to(scores.device)] = False
     # The k largest of i.i.d. uniform keys are a uniform k-subset; ineligible items get key -1 so they
     # are picked only when a row has fewer than k eligible items, and are dropped again by `chosen`.
@@ -122,7 +130,8 @@ def sampled_ranks(
     chosen = pool.gather(1, picked)  # [N, k] False where a row ran out of eligible items
     target_scores = scores.gather(1, targets.to(scores.device)[:, None])  # [N, 1]
     ahead = (scores.gather(1, picked) >= target_scores) & chosen  # [N, k]
-    return ahead.sum(1).cpu()  # [N]
+    ranks = ahead.sum(1)
+    return torch.where(target_kept, ranks, torch.full_like(ranks, MISS)).cpu()  # [N]
 
 
 def metrics_from_ranks(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:

@@ -185,6 +185,10 @@ class E4SRecSettings(_Section):
     fusion_dim: int = Field(128, ge=8, description="width each modality is projected to before fusion")
     id_encoder: Literal["sasrec", "bert4rec", "gru4rec"] = Field("sasrec", description="pretrained ID table")
     head: Literal["full", "sampled"] = Field("full", description="full: CE over all items; sampled softmax")
+    # free: the paper's Linear(hidden, items), one learned row per item. tied: each item's row is a
+    # projection of its own fused ID + content vector (plus a bias): rare and new tracks score by
+    # what they are. Both score every item in one matrix product.
+    head_weights: Literal["free", "tied"] = Field("tied", description="output rows: learned per item, or from item vectors")
     num_sampled: int = Field(1024, ge=1, description="sampled head: negatives per batch")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     # An LLM forward per example is costly: each epoch sees this many random prefixes per user.
@@ -193,8 +197,9 @@ class E4SRecSettings(_Section):
 
 class EvalSettings(_Section):
     ks: list[int] = Field([5, 10, 20], description="cut-offs for HR/Recall and NDCG")
-    # Items already in the user's history cannot be recommended again when masked.
-    mask_history: bool = Field(True, description="exclude history items from the ranking")
+    # Items in the history the model reads (its last max_len listens) cannot be recommended when
+    # masked; a target that is such a repeat then counts as a miss (see training/metrics.py).
+    mask_history: bool = Field(True, description="exclude the history window's items from the ranking")
     # Sampled metrics can reorder models (Krichene & Rendle, KDD 2020): full ranking by default.
     protocol: Literal["full", "sampled"] = Field("full", description="full ranking, or sampled candidates")
     num_candidates: int = Field(100, ge=1, description="sampled: negatives drawn per positive")

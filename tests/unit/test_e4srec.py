@@ -149,10 +149,13 @@ def test_unknown_completion_uses_the_learned_unknown_vector(llama_dir: Path) -> 
 
 # -- what trains --
 
-def test_lora_trains_only_adapters_fusion_projections_missing_vectors_and_head(llama_dir: Path) -> None:
-    model = make_model(llama_dir)  # default target modules: q_proj, v_proj for Llama
+@pytest.mark.parametrize("head_weights", ["free", "tied"])
+def test_lora_trains_only_adapters_fusion_projections_missing_vectors_and_head(llama_dir: Path,
+                                                                               head_weights: str) -> None:
+    model = make_model(llama_dir, head_weights=head_weights)  # default targets: q_proj, v_proj for Llama
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    allowed = ("lora_", "fusion.", "input_proj.", "completion_proj.", "completion_unknown", "head.")
+    allowed = ("lora_", "fusion.", "input_proj.", "completion_proj.", "completion_unknown", "head.",
+               "output_proj.", "item_bias")
     assert trainable and all(any(tag in name for tag in allowed) for name in trainable), sorted(trainable)
     backbone_trainable = [name for name in trainable if name.startswith("backbone.")]
     assert backbone_trainable and all("lora_" in name for name in backbone_trainable)
@@ -167,7 +170,9 @@ def test_lora_trains_only_adapters_fusion_projections_missing_vectors_and_head(l
               + 3 * fusion_dim  # missing vectors (content only)
               + n_mods * fusion_dim * fusion_dim + fusion_dim)  # concat -> Linear
     projections = (fusion_dim * hidden + hidden) + (hidden + hidden) + hidden  # input, completion, unknown
-    head = hidden * (N_ITEMS + 1) + N_ITEMS + 1
+    # free: Linear(hidden, items + 1); tied: output_proj(fusion_dim -> hidden) + one bias per item.
+    head = (hidden * (N_ITEMS + 1) + N_ITEMS + 1 if head_weights == "free"
+            else fusion_dim * hidden + hidden + N_ITEMS + 1)
     assert sum(p.numel() for p in backbone_trainable_params(model)) == lora
     assert sum(p.numel() for p in trainable.values()) == lora + fusion + projections + head
 
@@ -194,8 +199,9 @@ def test_backbone_without_a_peft_default_asks_for_target_modules(llama_dir: Path
 
 # -- decoder and encoder backbones, persistence --
 
-def test_save_load_round_trip_gives_identical_scores(llama_dir: Path, tmp_path: Path) -> None:
-    model = make_model(llama_dir, fusion="xattn")
+@pytest.mark.parametrize("head_weights", ["free", "tied"])
+def test_save_load_round_trip_gives_identical_scores(llama_dir: Path, tmp_path: Path, head_weights: str) -> None:
+    model = make_model(llama_dir, fusion="xattn", head_weights=head_weights)
     with torch.no_grad():  # LoRA B starts at zero: make the adapter matter before saving it
         for name, p in model.backbone.named_parameters():
             if "lora_B" in name:
@@ -235,12 +241,32 @@ def test_default_minilm_backbone_reads_item_vectors() -> None:
         assert torch.isfinite(model.score(batch["items"][:, :-1], batch["completion"][:, :-1])[:, 1:]).all()
 
 
-def test_sampled_head_gives_finite_loss_even_with_accidental_hits(llama_dir: Path) -> None:
-    model = make_model(llama_dir, head="sampled", num_sampled=64)  # 64 draws from 20 items: hits are certain
+@pytest.mark.parametrize("head_weights", ["free", "tied"])
+def test_sampled_head_gives_finite_loss_even_with_accidental_hits(llama_dir: Path, head_weights: str) -> None:
+    # 64 draws from 20 items: hits are certain
+    model = make_model(llama_dir, head="sampled", num_sampled=64, head_weights=head_weights)
     loss = model.loss(make_batch())
     assert torch.isfinite(loss)
     loss.backward()
-    assert model.head.weight.grad is not None
+    weight = model.head.weight if head_weights == "free" else model.output_proj.weight
+    assert weight.grad is not None
+
+
+def test_tied_head_scores_an_item_by_its_own_vectors(llama_dir: Path) -> None:
+    # Two items with identical ID and content vectors (and equal bias) get identical scores; a
+    # free head would give them unrelated rows.
+    model = make_model(llama_dir, head_weights="tied").eval()
+    with torch.no_grad():
+        model.id_table[5] = model.id_table[6]
+        for m in CONTENT_DIMS:
+            getattr(model, f"content_{m}")[5] = getattr(model, f"content_{m}")[6]
+            getattr(model, f"present_{m}")[5] = getattr(model, f"present_{m}")[6]
+        batch = make_batch()
+        scores = model.score(batch["items"][:, :-1], batch["completion"][:, :-1])
+        assert torch.allclose(scores[:, 5], scores[:, 6])
+        model.id_table[5] += 1.0
+        moved = model.score(batch["items"][:, :-1], batch["completion"][:, :-1])
+    assert not torch.allclose(moved[:, 5], moved[:, 6])
 
 
 def test_bf16_autocast_loss_is_finite(llama_dir: Path) -> None:

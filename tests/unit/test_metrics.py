@@ -12,6 +12,7 @@ from scipy import sparse
 
 from encore.core.config import EvalSettings
 from training.metrics import (
+    MISS,
     evaluate,
     evaluate_ranks,
     full_ranking_ranks,
@@ -112,9 +113,13 @@ def test_masking_a_history_item_moves_the_target_from_rank_2_to_rank_1() -> None
     assert full_ranking_ranks(ROW, TARGET, rows([0, 0, 1])).tolist() == [1]  # item 1 (0.9) is masked
 
 
-def test_a_repeated_target_stays_rankable_under_masking() -> None:
-    # History {1, 3} contains the target 3: item 1 is masked, the target is not.
-    assert full_ranking_ranks(ROW, TARGET, rows([3, 1, 3])).tolist() == [1]
+def test_a_repeated_target_is_masked_too_and_counts_as_a_miss() -> None:
+    # History {1, 3} contains the target 3. Keeping it rankable while masking item 1 would leak the
+    # label (the rest of the history would be cleared out of its way). It is masked like any other
+    # history item and can never be hit, whatever the cut-off.
+    assert full_ranking_ranks(ROW, TARGET, rows([3, 1, 3])).tolist() == [MISS]
+    got = metrics_from_ranks(full_ranking_ranks(ROW, TARGET, rows([3, 1, 3])), [1, 5])
+    assert got["hr@1"] == 0.0 and got["hr@5"] == 0.0 and got["mrr"] < 1e-9
 
 
 def test_ties_are_pessimistic_so_a_constant_scorer_ranks_every_target_last() -> None:

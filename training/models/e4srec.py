@@ -121,6 +121,9 @@ class E4SRec(SequenceModel):
         self.head_kind = self.settings.get("head", "full")
         if self.head_kind not in ("full", "sampled"):
             raise ValueError(f"unknown E4SRec head {self.head_kind!r}; expected 'full' or 'sampled'")
+        self.head_weights = self.settings.get("head_weights", "free")
+        if self.head_weights not in ("free", "tied"):
+            raise ValueError(f"unknown E4SRec head_weights {self.head_weights!r}; expected 'free' or 'tied'")
         self.num_sampled = int(self.settings.get("num_sampled", 1024))
         fusion_mode = self.settings.get("fusion", "concat")
         fusion_dim = int(self.settings.get("fusion_dim", 128))
@@ -176,7 +179,14 @@ class E4SRec(SequenceModel):
         if self.use_completion:
             self.completion_proj = nn.Linear(1, hidden)
             self.completion_unknown = nn.Parameter(torch.randn(hidden) * 0.02)
-        self.head = ItemHead(hidden, n_items + 1)
+        if self.head_weights == "free":
+            self.head = ItemHead(hidden, n_items + 1)
+        else:
+            # Tied: item i's output row is output_proj(fuse(item i's ID and content)) plus a bias.
+            # A track seldom seen as a target still scores by what it is (its content and ID
+            # neighbourhood) instead of by a row that few gradients have reached.
+            self.output_proj = nn.Linear(fusion_dim, hidden)
+            self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
@@ -200,16 +210,20 @@ class E4SRec(SequenceModel):
             getattr(self, f"present_{m}").copy_(present.bool())
 
     # -- forward pieces --
-    def item_vectors(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
-        """items/completion [B, L] -> item vectors [B, L, H] in the trainable layers' dtype."""
+    def _fused(self, items: torch.Tensor) -> torch.Tensor:
+        """Item indices of any shape [...] -> fused ID + content vectors [..., fusion_dim]."""
         parts: dict[str, torch.Tensor] = {}
         present: dict[str, torch.Tensor] = {}
         if self.use_id:
-            parts["id"] = self.id_table[items]  # [B, L, id_dim]
+            parts["id"] = self.id_table[items]  # [..., id_dim]
         for m in self.content_modalities:
-            parts[m] = getattr(self, f"content_{m}")[items]  # [B, L, d_m]
-            present[m] = getattr(self, f"present_{m}")[items]  # [B, L]
-        vec = self.input_proj(self.fusion(parts, present))  # [B, L, H]
+            parts[m] = getattr(self, f"content_{m}")[items]  # [..., d_m]
+            present[m] = getattr(self, f"present_{m}")[items]  # [...]
+        return self.fusion(parts, present)
+
+    def item_vectors(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        """items/completion [B, L] -> item vectors [B, L, H] in the trainable layers' dtype."""
+        vec = self.input_proj(self._fused(items))  # [B, L, H]
         if self.use_completion:
             c = completion.to(self.completion_proj.weight.dtype)  # bf16 under DeepSpeed, else fp32
             known = ~torch.isnan(c)
@@ -240,10 +254,9 @@ class E4SRec(SequenceModel):
         items, completion = batch["items"], batch["completion"]
         target = items[:, -1]  # [B]
         h = self.user_states(items[:, :-1], completion[:, :-1])
-        h = h.to(self.head.weight.dtype)
         if self.head_kind == "full":
             # Column 0 (padding) is never a class: drop it rather than -inf it; a pad target is ignored.
-            logits = self.head(h)[:, 1:]  # [B, n]
+            logits = self._logits(h)[:, 1:]  # [B, n]
             return F.cross_entropy(logits.float(), target - 1, ignore_index=-1)
         return self._sampled_loss(h, target)
 
@@ -251,7 +264,7 @@ class E4SRec(SequenceModel):
         # Uniform negatives, shared by the batch: the logQ correction log(S / n) is one constant for
         # every candidate, so it cancels in the softmax and is left out.
         negatives = torch.randint(1, self.n_items + 1, (self.num_sampled,), device=h.device)  # [S]
-        logits = self.head(h, target, negatives)  # [B, 1+S], target at column 0
+        logits = self._logits(h, target, negatives)  # [B, 1+S], target at column 0
         # A negative that is the row's own target (an accidental hit) must not push the target down.
         hits = torch.cat([torch.zeros_like(target, dtype=torch.bool).unsqueeze(1),
                           negatives.unsqueeze(0) == target.unsqueeze(1)], dim=1)  # [B, 1+S]
@@ -260,8 +273,22 @@ class E4SRec(SequenceModel):
         return F.cross_entropy(logits, labels, ignore_index=-100)
 
     def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
-        h = self.user_states(items, completion)
-        return pad_logits(self.head(h.to(self.head.weight.dtype)))  # [B, n_items + 1]
+        return pad_logits(self._logits(self.user_states(items, completion)))  # [B, n_items + 1]
+
+    def _logits(self, h: torch.Tensor, target: torch.Tensor | None = None,
+                negatives: torch.Tensor | None = None) -> torch.Tensor:
+        """h [B, H] -> logits over every item [B, n+1], or over (target, negatives) [B, 1+S]."""
+        if self.head_weights == "free":
+            return self.head(h.to(self.head.weight.dtype), target, negatives)
+        h = h.to(self.output_proj.weight.dtype)
+        if target is None or negatives is None:
+            rows = self.output_proj(self._fused(torch.arange(self.n_items + 1, device=h.device)))  # [n+1, H]
+            return h @ rows.T + self.item_bias  # [B, n+1]
+        pos_rows = self.output_proj(self._fused(target))  # [B, H]
+        neg_rows = self.output_proj(self._fused(negatives))  # [S, H]
+        pos = (h * pos_rows).sum(-1, keepdim=True) + self.item_bias[target].unsqueeze(-1)  # [B, 1]
+        neg = h @ neg_rows.T + self.item_bias[negatives]  # [B, S]
+        return torch.cat([pos, neg], dim=1)
 
     # -- persistence --
     def config(self) -> dict[str, Any]:
