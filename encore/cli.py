@@ -621,3 +621,7 @@ def main() -> None:
         click.echo("interrupted", err=True)
         sys.exit(130)
 
+
+
+if __name__ == "__main__":
+    main()

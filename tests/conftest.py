@@ -83,3 +83,17 @@ def ray_local():
     ray = get_ray(RayConfig(num_cpus=2, object_store_memory_mb=256))
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def content_store(featured_home: EncoreConfig, tmp_path_factory: pytest.TempPathFactory, ray_local) -> EncoreConfig:
+    """The small world with content embeddings (genes-only metadata) and the Feast repo applied."""
+    from encore.core.config import EmbedConfig
+    from feature_repo import store
+    from jobs.embed import embed
+
+    cfg = copy_home(featured_home, tmp_path_factory.mktemp("content") / "home")
+    cfg = cfg.model_copy(update={"embed": EmbedConfig(metadata="genes")})
+    embed(cfg)
+    store.apply(cfg)
+    return cfg

@@ -86,8 +86,9 @@ def id_encoder_for(cfg: EncoreConfig, data: Dataset, fingerprint: str) -> tuple[
     """
     tc = cfg.train
     kind = tc.e4srec.id_encoder
-    settings = tc.id.model_dump()
-    folder = Workspace.at(cfg.home).outputs / "id-encoders" / f"{kind}-{_key(kind, settings, tc.max_len, tc.seed, fingerprint, tc.lr, tc.batch_size)}"
+    # Everything that shapes the encoder's training, i.e. the train config minus E4SRec's own part.
+    recipe = tc.model_dump(mode="json", exclude={"model", "e4srec"})
+    folder = Workspace.at(cfg.home).outputs / "id-encoders" / f"{kind}-{_key(kind, recipe, fingerprint)}"
     if (folder / "model.json").exists():
         log.info("ID encoder: reusing %s", folder)
         return model_class(kind).load(folder), folder  # type: ignore[return-value]
@@ -207,7 +208,7 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
                          on_epoch=lambda e, row: tracking.log_metrics("", {k: v for k, v in row.items()
                                                                           if k != "epoch"}, step=e),
                          max_epochs=max_epochs)
-            model.eval()
+            model = result.model
         device = next(model.parameters()).device if trainable else torch.device("cpu")
         ranks = evaluate_ranks(model, data.test.items, data.test.completion, data.test.targets,
                                data.test.history, tc.eval, batch_size=max(64, tc.batch_size), device=str(device),

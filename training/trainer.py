@@ -45,6 +45,7 @@ SELECTION_METRIC = "ndcg@10"
 
 @dataclass
 class FitResult:
+    model: SequenceModel  # the trained model with its best epoch's weights, plain (not partitioned)
     best_epoch: int
     best_valid: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
@@ -87,15 +88,15 @@ def deepspeed_config(tc: TrainConfig, gpu: bool, world_size: int = 1) -> dict[st
 
 
 def windows_for(model: SequenceModel, data: Dataset, tc: TrainConfig, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """An epoch's training windows: all of them for ID models, sampled prefixes for E4SRec."""
-    if model.kind == "e4srec":
+    """An epoch's training windows: every window, or sampled prefixes for E4SRec's last-token readout."""
+    if getattr(model, "readout", None) == "last":
         return prefix_samples(data.train, tc.max_len, tc.e4srec.examples_per_user, seed=tc.seed * 100_003 + epoch)
     return seq2seq_windows(data.train, tc.max_len)
 
 
 @contextlib.contextmanager
 def full_params(engine: Any) -> Iterator[None]:
-    """Under ZeRO-3 parameters are partitioned: gather them for evaluation and saving."""
+    """Under ZeRO-3 parameters are partitioned: gather them to read or write the state dict."""
     if engine.zero_optimization_stage() == 3:
         import deepspeed
 
@@ -110,13 +111,48 @@ def _trainable_state(model: SequenceModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
 
 
+class _ScoreViaForward:
+    """``score()`` routed through the model's forward, where ZeRO-3 has the parameters gathered."""
+
+    def __init__(self, module: SequenceModel) -> None:
+        self.module = module
+
+    def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        return self.module({"items": items, "completion": completion, "score": items})
+
+    def eval(self) -> _ScoreViaForward:
+        self.module.eval()
+        return self
+
+    def train(self, mode: bool = True) -> _ScoreViaForward:
+        self.module.train(mode)
+        return self
+
+    @property
+    def training(self) -> bool:
+        return self.module.training
+
+
 def validate(model: SequenceModel, evalset: EvalSet, tc: TrainConfig, device: torch.device) -> dict[str, float]:
     was_training = model.training
     try:
-        return evaluate(model, evalset.items, evalset.completion, evalset.targets, evalset.history, tc.eval,
-                        batch_size=max(64, tc.batch_size), device=str(device), seed=tc.seed)
+        return evaluate(_ScoreViaForward(model), evalset.items, evalset.completion, evalset.targets,  # type: ignore[arg-type]
+                        evalset.history, tc.eval, batch_size=max(64, tc.batch_size), device=str(device),
+                        seed=tc.seed)
     finally:
         model.train(was_training)
+
+
+def _plain_copy(engine: Any) -> SequenceModel:
+    """The engine's model as an ordinary module: ZeRO-3 leaves its parameters partitioned."""
+    module = engine.module
+    if engine.zero_optimization_stage() != 3:
+        return module
+    with full_params(engine):
+        state = {k: v.detach().clone().cpu() for k, v in module.state_dict().items()}
+    plain = type(module)(**module.config())
+    plain.load_state_dict(state)
+    return plain
 
 
 def fit(model: SequenceModel, data: Dataset, tc: TrainConfig, run_dir: Path,
@@ -138,7 +174,11 @@ def fit(model: SequenceModel, data: Dataset, tc: TrainConfig, run_dir: Path,
     if not params:
         raise ValueError(f"{model.kind} has no trainable parameters")
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_cfg)
+    if tc.zero_stage == 3:
+        for p in model.tied_parameters():
+            deepspeed.zero.register_external_parameter(model, p)
     device = engine.device
+    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
     best_path = run_dir / "best.pt"
 
@@ -177,9 +217,10 @@ def fit(model: SequenceModel, data: Dataset, tc: TrainConfig, run_dir: Path,
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         busy += time.perf_counter() - t0
         seen += len(order)
+        valid = validate(engine.module, data.valid, tc, device)
         with full_params(engine):
-            valid = validate(engine.module, data.valid, tc, device)
             row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                   "first_step_loss": losses[0] if losses else float("nan"),
                    **{f"valid_{k}": v for k, v in valid.items()}}
             score = valid[SELECTION_METRIC]
             if score > state["best"]:
@@ -210,10 +251,9 @@ def fit(model: SequenceModel, data: Dataset, tc: TrainConfig, run_dir: Path,
     if best_path.exists():
         with full_params(engine):
             engine.module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True), strict=False)
-    model = engine.module
-    model.eval()
+    model = _plain_copy(engine).eval()
     best_row = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
-    return FitResult(best_epoch=state["best_epoch"],
+    return FitResult(model=model, best_epoch=state["best_epoch"],
                      best_valid={k[len("valid_"):]: v for k, v in best_row.items() if k.startswith("valid_")},
                      history=state["history"], stopped_early=stopped_early, resumed_from=resumed_from,
                      ds_config=ds_cfg, samples_per_s=seen / busy if busy else 0.0)

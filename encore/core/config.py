@@ -191,8 +191,13 @@ class E4SRecSettings(_Section):
     head_weights: Literal["free", "tied"] = Field("tied", description="output rows: learned per item, or from item vectors")
     num_sampled: int = Field(1024, ge=1, description="sampled head: negatives per batch")
     lora: LoraSettings = Field(default_factory=LoraSettings)
-    # An LLM forward per example is costly: each epoch sees this many random prefixes per user.
-    examples_per_user: int = Field(16, ge=1, description="training prefixes sampled per user and epoch")
+    # last: the paper's training, one readout (the last token) per sequence. every: the backbone
+    # attends causally (decoders do; encoders are switched to it), so the state at each history
+    # position is a readout too and one forward trains all L next items of a window, as SASRec
+    # does. Inference reads the last token either way.
+    readout: Literal["every", "last"] = Field("every", description="train on every position, or the last only")
+    # readout "last": an LLM forward per example is costly, so each epoch samples prefixes.
+    examples_per_user: int = Field(16, ge=1, description="readout last: prefixes sampled per user and epoch")
 
 
 class EvalSettings(_Section):

@@ -8,21 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from encore.core.config import EmbedConfig, EncoreConfig
+from encore.core.config import EncoreConfig
 from feature_repo import store
-from jobs.embed import embed, read_content
-from tests.conftest import copy_home
+from jobs.embed import read_content
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def content_store(featured_home: EncoreConfig, tmp_path_factory: pytest.TempPathFactory, ray_local) -> EncoreConfig:
-    cfg = copy_home(featured_home, tmp_path_factory.mktemp("content") / "home")
-    cfg = cfg.model_copy(update={"embed": EmbedConfig(metadata="genes")})
-    embed(cfg)
-    store.apply(cfg)
-    return cfg
 
 
 def test_materialize_loads_track_content_once_per_embed_run(content_store: EncoreConfig) -> None:

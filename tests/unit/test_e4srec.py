@@ -354,3 +354,31 @@ def test_content_baseline_has_no_training_and_survives_save_load(tmp_path: Path)
     items = torch.tensor([[0, 1, 6]])
     assert torch.equal(loaded.score(items, items.float()), model.score(items, items.float()))
     assert math.isclose(loaded.decay, 0.9)
+
+
+@pytest.mark.parametrize("backbone", ["llama", "bert"])
+def test_dense_readout_state_at_a_history_position_never_sees_later_items(backbone: str, llama_dir: Path,
+                                                                          bert_dir: Path) -> None:
+    # readout "every" trains each history position on its next item: position t must be blind to
+    # items after t, for a decoder (causal by construction) and an encoder switched to causal.
+    model = make_model(llama_dir if backbone == "llama" else bert_dir, readout="every").eval()
+    items = torch.tensor([[0, 3, 4, 5, 6, 7, 8]])
+    completion = torch.full(items.shape, NAN)
+    changed = items.clone()
+    changed[0, 5:] = torch.tensor([12, 13])
+    P = model.instruction_ids.shape[0]
+    with torch.no_grad():
+        a = model._hidden(items, completion)
+        b = model._hidden(changed, completion)
+    assert torch.allclose(a[:, : P + 5], b[:, : P + 5], atol=1e-5)  # up to the last unchanged item
+    assert not torch.allclose(a[:, P + 5], b[:, P + 5])
+
+
+@pytest.mark.parametrize("readout", ["every", "last"])
+def test_both_readouts_train_and_score_every_item(llama_dir: Path, readout: str) -> None:
+    model = make_model(llama_dir, readout=readout)
+    loss = model.loss(make_batch())
+    assert torch.isfinite(loss)
+    loss.backward()
+    batch = make_batch()
+    assert model.score(batch["items"][:, :-1], batch["completion"][:, :-1]).shape == (3, N_ITEMS + 1)

@@ -33,8 +33,16 @@ class SequenceModel(nn.Module):
         self.n_items = n_items
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        # DeepSpeed's engine calls forward(); training is the only forward it runs.
+        # DeepSpeed's engine calls forward(). A batch with a "score" key asks for scores instead of
+        # the loss: under ZeRO-3 only what runs inside forward() sees gathered parameters.
+        if "score" in batch:
+            return self.score(batch["items"], batch["completion"])
         return self.loss(batch)
+
+    def tied_parameters(self) -> list[nn.Parameter]:
+        """Parameters read outside their own module's forward (tied output tables): ZeRO-3 must
+        gather them for the whole model's forward (``deepspeed.zero.register_external_parameter``)."""
+        return []
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Scalar training loss for one batch (see the module docstring for its keys)."""
@@ -71,6 +79,10 @@ class IdEncoder(SequenceModel):
     def item_embeddings(self) -> torch.Tensor:
         """The learned item table, [n_items + 1, hidden]; row 0 is padding."""
         raise NotImplementedError
+
+    def tied_parameters(self) -> list[nn.Parameter]:
+        # The ID encoders score with their input table (tied output): item_emb.weight.
+        return [self.item_emb.weight]  # type: ignore[attr-defined]
 
 
 def pad_logits(logits: torch.Tensor) -> torch.Tensor:

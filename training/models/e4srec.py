@@ -65,6 +65,30 @@ def _split_template(prompt: str) -> tuple[str, str]:
     return before, after.rstrip()
 
 
+def _is_causal_lm(model_type: str | None) -> bool:
+    """Decoder-only architectures (Llama, Qwen2, Mistral...) attend causally by construction."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def _load_backbone(path: str, causal: bool) -> nn.Module:
+    """AutoModel from a local folder; an encoder (BERT, MiniLM) made causal when ``causal``.
+
+    The dense readout reads every history position: position t must not see items after t.
+    Decoders already attend causally; encoders take transformers' own ``is_decoder`` switch.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(path)
+    if causal and not _is_causal_lm(config.model_type):
+        config.is_decoder = True
+    return AutoModel.from_pretrained(path, config=config)
+
+
 def _lora_targets(backbone: nn.Module, requested: list[str] | None) -> list[str]:
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
@@ -125,6 +149,9 @@ class E4SRec(SequenceModel):
         if self.head_weights not in ("free", "tied"):
             raise ValueError(f"unknown E4SRec head_weights {self.head_weights!r}; expected 'free' or 'tied'")
         self.num_sampled = int(self.settings.get("num_sampled", 1024))
+        self.readout = self.settings.get("readout", "every")
+        if self.readout not in ("every", "last"):
+            raise ValueError(f"unknown E4SRec readout {self.readout!r}; expected 'every' or 'last'")
         fusion_mode = self.settings.get("fusion", "concat")
         fusion_dim = int(self.settings.get("fusion_dim", 128))
         lora = self.settings.get("lora") or {}
@@ -144,7 +171,7 @@ class E4SRec(SequenceModel):
             raise ValueError("E4SRec needs 'id' or a content modality with a table to build item vectors from")
 
         # Backbone: frozen base weights, LoRA on top. AutoModel gives decoders without their LM head.
-        base = AutoModel.from_pretrained(self.backbone_path)
+        base = _load_backbone(self.backbone_path, causal=self.readout == "every")
         base.requires_grad_(False)
         lora_config = LoraConfig(r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 16)),
                                  lora_dropout=float(lora.get("dropout", 0.05)),
@@ -234,6 +261,10 @@ class E4SRec(SequenceModel):
 
     def user_states(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
         """Histories [B, L] (left-padded, newest last) -> backbone readout [B, H]."""
+        return self._hidden(items, completion)[:, -1]  # always a real response token
+
+    def _hidden(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        """Histories [B, L] -> the backbone's last hidden states [B, P+L+R, H]."""
         items, completion = items[:, -self.max_len:], completion[:, -self.max_len:]
         B = items.shape[0]
         embed = self.backbone.get_input_embeddings()
@@ -247,17 +278,36 @@ class E4SRec(SequenceModel):
                           real.expand(B, response.shape[1])], dim=1)  # [B, P+L+R]
         # Positions count real tokens only: the prompt keeps its positions whatever the padding.
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self.backbone(inputs_embeds=x, attention_mask=mask, position_ids=positions)
-        return out.last_hidden_state[:, -1]  # [B, H]: always a real response token
+        out = self.backbone(inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=False)
+        return out.last_hidden_state  # [B, P+L+R, H]
 
     def loss(self, batch: Batch) -> torch.Tensor:
         items, completion = batch["items"], batch["completion"]
+        if self.readout == "every":
+            return self._dense_loss(items, completion)
         target = items[:, -1]  # [B]
         h = self.user_states(items[:, :-1], completion[:, :-1])
         if self.head_kind == "full":
             # Column 0 (padding) is never a class: drop it rather than -inf it; a pad target is ignored.
             logits = self._logits(h)[:, 1:]  # [B, n]
             return F.cross_entropy(logits.float(), target - 1, ignore_index=-1)
+        return self._sampled_loss(h, target)
+
+    def _dense_loss(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        """Causal attention makes the state at history position t a readout of items <= t: one
+        forward trains every next item of the window (targets items[:, 1:]) plus the response
+        position (target items[:, -1]), the readout inference uses."""
+        history = items[:, :-1]  # [B, L]
+        hidden = self._hidden(history, completion[:, :-1])  # [B, P+L+R, H]
+        P, L = self.instruction_ids.shape[0], history.shape[1]
+        states = torch.cat([hidden[:, P:P + L], hidden[:, -1:]], dim=1)  # [B, L+1, H]
+        targets = torch.cat([items[:, 1:], items[:, -1:]], dim=1)  # [B, L+1]
+        # A position trains only where both its input item and its target are real.
+        valid = torch.cat([history != 0, torch.ones_like(history[:, :1], dtype=torch.bool)], dim=1) & (targets != 0)
+        h, target = states[valid], targets[valid]  # [N, H], [N]
+        if self.head_kind == "full":
+            logits = self._logits(h)[:, 1:]  # [N, n]
+            return F.cross_entropy(logits.float(), target - 1)
         return self._sampled_loss(h, target)
 
     def _sampled_loss(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

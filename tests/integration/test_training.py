@@ -1,0 +1,183 @@
+"""Training through DeepSpeed on CPU: every ZeRO stage steps, checkpoints resume exactly, the best
+epoch is what is kept, and a trained model goes to the MLflow registry and comes back by alias."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from encore.core.config import EncoreConfig, TrainConfig
+from tests.conftest import copy_home
+from tests.fixtures.tiny_llm import make_tiny_causal_lm
+from training.data import Sequences, Vocab, split
+from training.metrics import evaluate
+from training.models.sasrec import SASRec
+from training.trainer import fit
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cyclic_data(n_items: int = 30, users: int = 12, length: int = 40) -> tuple:
+    """Users walk a cycle 1 -> 2 -> ... -> n from different starting points: next item is learnable."""
+    rng = np.random.default_rng(0)
+    items = [((rng.integers(0, n_items) + np.arange(length)) % n_items + 1).astype(np.int64) for _ in range(users)]
+    seqs = Sequences([f"u{i}" for i in range(users)], items, [np.full(length, np.nan, np.float32)] * users,
+                     [np.arange(length, dtype=np.int64)] * users)
+    return split(seqs, Vocab([str(i) for i in range(1, n_items + 1)]), TrainConfig(max_len=10)), n_items
+
+
+def small_tc(**changes) -> TrainConfig:
+    base = {"model": "sasrec", "max_len": 10, "epochs": 2, "batch_size": 16, "lr": 5e-3, "patience": 5,
+            "id": {"hidden": 16, "inner": 32, "dropout": 0.0}}
+    return TrainConfig.model_validate(base | changes)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_deepspeed_trains_on_cpu_under_every_zero_stage(stage: int, tmp_path: Path) -> None:
+    data, n = cyclic_data()
+    tc = small_tc(zero_stage=stage)
+    torch.manual_seed(0)
+    model = SASRec(n_items=n, max_len=10, hidden=16, inner=32, dropout=0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = fit(model, data, tc, tmp_path)
+    assert result.ds_config["zero_optimization"]["stage"] == stage
+    assert len(result.history) == 2
+    assert result.history[1]["train_loss"] < result.history[0]["first_step_loss"]
+    after = model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert (tmp_path / "checkpoints" / "latest").exists()
+
+
+def test_resuming_after_an_interruption_gives_the_same_next_step_loss(tmp_path: Path) -> None:
+    data, n = cyclic_data()
+    tc = small_tc(epochs=3, id={"hidden": 16, "inner": 32, "dropout": 0.3})  # dropout: RNG state matters
+    torch.manual_seed(0)
+    straight = fit(SASRec(n_items=n, max_len=10, hidden=16, inner=32, dropout=0.3), data, tc, tmp_path / "a")
+
+    torch.manual_seed(0)
+    fit(SASRec(n_items=n, max_len=10, hidden=16, inner=32, dropout=0.3), data, tc, tmp_path / "b", max_epochs=1)
+    torch.manual_seed(123)  # a different fresh model and RNG: everything must come from the checkpoint
+    resumed = fit(SASRec(n_items=n, max_len=10, hidden=16, inner=32, dropout=0.3), data, tc, tmp_path / "b")
+
+    assert resumed.resumed_from == 1
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    for a, b in zip(straight.history[1:], resumed.history[1:], strict=True):
+        assert b["first_step_loss"] == pytest.approx(a["first_step_loss"], rel=1e-6, abs=1e-7)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6, abs=1e-7)
+
+
+def test_early_stopping_keeps_the_best_epochs_weights(tmp_path: Path) -> None:
+    data, n = cyclic_data()
+    # A learning rate this high makes validation wander: the last epoch is rarely the best.
+    tc = small_tc(epochs=6, patience=2, lr=0.3)
+    torch.manual_seed(0)
+    model = SASRec(n_items=n, max_len=10, hidden=16, inner=32, dropout=0.0)
+    result = fit(model, data, tc, tmp_path)
+    best = max(r["valid_ndcg@10"] for r in result.history)
+    assert result.best_valid["ndcg@10"] == best
+    again = evaluate(model, data.valid.items, data.valid.completion, data.valid.targets, data.valid.history, tc.eval)
+    assert again["ndcg@10"] == pytest.approx(best)
+    if result.stopped_early:
+        assert len(result.history) - result.best_epoch == tc.patience
+
+
+@pytest.fixture(scope="module")
+def trained_home(featured_home: EncoreConfig, tmp_path_factory: pytest.TempPathFactory) -> EncoreConfig:
+    return copy_home(featured_home, tmp_path_factory.mktemp("train") / "home")
+
+
+def _cfg(cfg: EncoreConfig, **train) -> EncoreConfig:
+    tc = TrainConfig.model_validate({"max_len": 20, "batch_size": 32, "id": {"hidden": 32, "inner": 64}} | train)
+    return cfg.model_copy(update={"train": tc})
+
+
+def test_a_trained_model_is_tracked_registered_as_challenger_and_loads_back(trained_home: EncoreConfig) -> None:
+    from training.train import train
+
+    cfg = _cfg(trained_home, model="sasrec", epochs=2)
+    out = train(cfg)
+    assert out.model_version == "1"
+    client = mlflow.MlflowClient()
+    run = client.get_run(out.run_id)
+    assert run.data.params["train.model"] == "sasrec" and run.data.params["train.max_len"] == "20"
+    assert run.data.tags["encore.feature_service"] == "training"
+    assert run.data.tags["mlflow.source.git.commit"] and run.data.tags["encore.data_end"].startswith("20")
+    assert run.data.metrics["test_ndcg_at_10"] == pytest.approx(out.test["ndcg@10"])
+    history = client.get_metric_history(out.run_id, "valid_ndcg_at_10")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(out.run_id)}
+    assert {"config.yaml", "item_ids.json", "deepspeed.json", "training_curves.png", "metrics.json"} <= artifacts
+
+    version = client.get_model_version_by_alias(cfg.mlflow.model_name, "challenger")
+    assert str(version.version) == "1" and version.run_id == out.run_id
+    loaded = mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.model_name}@challenger")
+    assert loaded.metadata.signature.inputs.input_names() == ["user_id", "track_ids", "completions"]
+    item_ids = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=out.run_id, artifact_path="item_ids.json"))
+                          .read_text())
+    history_tracks = item_ids[:5]
+    got = loaded.predict(pd.DataFrame({"user_id": ["x", "y"], "track_ids": [history_tracks, ["not-a-track"]]}),
+                         params={"k": 7})
+    assert list(got["user_id"]) == ["x", "y"]
+    assert all(len(t) == 7 and len(s) == 7 for t, s in zip(got["track_ids"], got["scores"], strict=True))
+    assert not set(got["track_ids"][0]) & set(history_tracks)  # history masked
+    assert all(np.diff(s).max() <= 0 for s in got["scores"])  # best first
+    assert set(got["track_ids"][1]) <= set(item_ids)
+
+
+def test_e4srec_on_a_tiny_llama_trains_with_content_from_feast_and_registers(content_store: EncoreConfig,
+                                                                             tmp_path: Path) -> None:
+    from training.train import train
+
+    from feature_repo import store
+
+    cfg = copy_home(content_store, tmp_path / "home")
+    store.apply(cfg)  # Feast keeps absolute table paths: a copied workspace is applied again
+    llama = make_tiny_causal_lm(tmp_path / "llama")
+    cfg = _cfg(cfg, model="e4srec", epochs=1, e4srec={"backbone": str(llama), "examples_per_user": 4,
+                                                      "fusion": "weighted", "fusion_dim": 16})
+    out = train(cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"id": cfg.train.id.model_copy(update={"hidden": 16, "inner": 32})})}))
+    assert out.fit is not None and len(out.fit.history) == 1
+    assert out.id_encoder and Path(out.id_encoder, "model.json").exists()  # the pretrained ID table's model
+    run = mlflow.MlflowClient().get_run(out.run_id)
+    assert run.data.params["train.e4srec.fusion"] == "weighted"
+    assert int(run.data.params["model.trainable_params"]) == out.trainable_params > 0
+    loaded = mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.model_name}@challenger")
+    tracks = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=out.run_id, artifact_path="item_ids.json"))
+                        .read_text())
+    got = loaded.predict(pd.DataFrame({"user_id": ["u"], "track_ids": [tracks[:6]],
+                                       "completions": [[1.0, None, 0.5, 0.2, 1.0, 0.9]]}), params={"k": 5})
+    assert len(got["track_ids"][0]) == 5 and not set(got["track_ids"][0]) & set(tracks[:6])
+
+
+@pytest.mark.slow
+def test_a_killed_training_run_resumes_its_checkpoint_and_mlflow_run(featured_home: EncoreConfig,
+                                                                      tmp_path: Path) -> None:
+    cfg = copy_home(featured_home, tmp_path / "home")
+    env = {**os.environ, "ENCORE_HOME": str(cfg.home), "ENCORE_FAULT": "train.epoch_saved"}
+    cmd = [sys.executable, "-m", "encore.cli", "train", "--model", "gru4rec", "--epochs", "3", "--no-register",
+           "--json"]
+    killed = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_dirs = list((cfg.home / "outputs" / "train").glob("gru4rec-*"))
+    assert len(run_dirs) == 1 and (run_dirs[0] / "checkpoints" / "latest").exists()
+    first_run_id = (run_dirs[0] / "mlflow_run_id").read_text()
+
+    env.pop("ENCORE_FAULT")
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed after epoch 1" in done.stderr
+    out = json.loads(done.stdout)
+    assert out["run_id"] == first_run_id
+    assert not run_dirs[0].exists()  # a finished run leaves no checkpoints behind
