@@ -1,7 +1,7 @@
 # Encore: two commands on a fresh machine.
 #   make demo   set up .venv and run the main job end to end on a generated sample world:
 #               sample data -> ingest -> features -> annotate -> embed -> feast apply -> materialize
-#               -> summary
+#               -> summary -> train E4SRec (multimodal, DeepSpeed) -> MLflow registry (@challenger)
 #   make test   set up .venv and run the test suite (what .ci/run calls)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,6 +10,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_WORLD ?= .encore/sample-world
 DEMO_ARGS ?= --users 100 --tracks 3000 --days 90 --clips 500
+# E4SRec on MiniLM costs ~70 s an epoch here (2 cores): the demo caps it; the SASRec it takes its
+# ID table from trains to early stopping.
+DEMO_TRAIN_ARGS ?= --epochs 4 --id-epochs 30
 PIP := $(BIN)/pip --disable-pip-version-check -q
 # pip on this machine can print one harmless line per package about an absent local index.
 QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
@@ -36,6 +39,7 @@ demo: $(STAMP)
 	$(BIN)/encore feast apply
 	$(BIN)/encore materialize
 	$(BIN)/encore summary
+	$(BIN)/encore train --model e4srec $(DEMO_TRAIN_ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest

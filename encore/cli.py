@@ -441,6 +441,9 @@ def _train_options(f: Any) -> Any:
                      help="Pretrained ID encoder whose item table E4SRec reuses."),
         click.option("--zero-stage", type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage."),
         click.option("--epochs", type=click.IntRange(min=1), help="Most epochs (early stopping may end sooner)."),
+        click.option("--id-epochs", type=click.IntRange(min=1),
+                     help="Most epochs for the ID encoder E4SRec takes its table from. Default: --epochs."),
+        click.option("--max-len", type=click.IntRange(min=2), help="History items a model reads (default 50)."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Examples per micro-batch."),
         click.option("--lr", type=float, help="Learning rate."),
         click.option("--seed", type=int, help="Random seed."),
@@ -452,9 +455,11 @@ def _train_options(f: Any) -> Any:
 
 
 def _train_changes(model: str | None, modalities: str | None, fusion: str | None, backbone: Path | None,
-                   id_encoder: str | None, zero_stage: int | None, epochs: int | None, batch_size: int | None,
-                   lr: float | None, seed: int | None, split: str | None, min_item_plays: int | None) -> dict[str, Any]:
+                   id_encoder: str | None, zero_stage: int | None, epochs: int | None, id_epochs: int | None,
+                   max_len: int | None, batch_size: int | None, lr: float | None, seed: int | None,
+                   split: str | None, min_item_plays: int | None) -> dict[str, Any]:
     return {"model": model, "e4srec.modalities": modalities.split(",") if modalities else None,
+            "id.epochs": id_epochs, "max_len": max_len,
             "e4srec.fusion": fusion, "e4srec.backbone": str(backbone.resolve()) if backbone else None,
             "e4srec.id_encoder": id_encoder, "zero_stage": zero_stage, "epochs": epochs, "batch_size": batch_size,
             "lr": lr, "seed": seed, "split": split, "min_item_plays": min_item_plays}
@@ -514,7 +519,8 @@ def bench() -> None:
 
 
 @bench.command("table")
-@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; each variant runs once per seed.")
+@click.option("--seeds", default="0,1,2", show_default=True,
+              help="Comma-separated seeds; each variant runs once per seed.")
 @click.option("--only", multiple=True, help="Run only this variant (repeatable), e.g. --only SASRec.")
 @_train_options
 @click.pass_context

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 
+import mlflow
 from encore.core.config import MODALITIES, EncoreConfig, TrainConfig
 from encore.core.workspace import Workspace
 from training import tracking

@@ -19,13 +19,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
+import mlflow
 from training.models.base import SequenceModel
 
 REPO = Path(__file__).resolve().parent.parent

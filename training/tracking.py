@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow import MlflowClient
-
 from encore.core.config import EncoreConfig
+from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
 import yaml
 
+import mlflow
 from encore.core.config import EncoreConfig
 from encore.core.workspace import Workspace
 from training import tracking
@@ -92,7 +92,8 @@ def id_encoder_for(cfg: EncoreConfig, data: Dataset, fingerprint: str) -> tuple[
     if (folder / "model.json").exists():
         log.info("ID encoder: reusing %s", folder)
         return model_class(kind).load(folder), folder  # type: ignore[return-value]
-    id_cfg = cfg.model_copy(update={"train": tc.model_copy(update={"model": kind})})
+    budget = tc.id.epochs or tc.epochs
+    id_cfg = cfg.model_copy(update={"train": tc.model_copy(update={"model": kind, "epochs": budget})})
     log.info("ID encoder: training %s for E4SRec's item table", kind)
     outcome = train(id_cfg, data=data, register=False, log_model=False, nested=True,
                     run_name=f"{kind} (ID encoder)", _return_model=True)
@@ -186,7 +187,8 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
     resume_id = id_file.read_text().strip() if id_file.exists() else None
     name = run_name or f"{tc.model}-seed{tc.seed}"
     base_tags = {"encore.model": tc.model, "encore.feature_service": FEATURE_SERVICE,
-                 "encore.data_start": str(data.info.get("data_start")), "encore.data_end": str(data.info.get("data_end")),
+                 "encore.data_start": str(data.info.get("data_start")),
+                 "encore.data_end": str(data.info.get("data_end")),
                  "encore.data_source": str(data.info.get("source")), "encore.data_fingerprint": fingerprint,
                  "encore.split": tc.split, "mlflow.source.git.commit": tracking.git_commit(),
                  **(tags or {})}

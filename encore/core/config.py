@@ -170,6 +170,9 @@ class IdEncoderSettings(_Section):
     # Full softmax over the catalog beats one sampled negative (Klenitskiy & Vasilev, RecSys 2023).
     loss: Literal["ce", "bce"] = Field("ce", description="ce: full-softmax cross-entropy; bce: sampled negatives")
     num_negatives: int = Field(1, ge=1, description="bce: negatives sampled per positive")
+    # E4SRec's ID table comes from an encoder trained first; it is cheap next to E4SRec, so it may
+    # train longer than E4SRec's own epoch budget.
+    epochs: int | None = Field(None, ge=1, description="epochs for the ID encoder E4SRec uses; None = train.epochs")
 
 
 Modality = Literal["id", "lyrics", "audio", "meta", "completion"]
@@ -188,13 +191,16 @@ class E4SRecSettings(_Section):
     # free: the paper's Linear(hidden, items), one learned row per item. tied: each item's row is a
     # projection of its own fused ID + content vector (plus a bias): rare and new tracks score by
     # what they are. Both score every item in one matrix product.
-    head_weights: Literal["free", "tied"] = Field("tied", description="output rows: learned per item, or from item vectors")
+    head_weights: Literal["free", "tied"] = Field("tied",
+                                                  description="output rows: learned per item, or from item vectors")
     num_sampled: int = Field(1024, ge=1, description="sampled head: negatives per batch")
     lora: LoraSettings = Field(default_factory=LoraSettings)
-    # last: the paper's training, one readout (the last token) per sequence. every: the backbone
-    # attends causally (decoders do; encoders are switched to it), so the state at each history
-    # position is a readout too and one forward trains all L next items of a window, as SASRec
-    # does. Inference reads the last token either way.
+    # last: the paper's setup: instruction, history, response tokens; one readout (the final
+    # response token) per sequence. every: the backbone attends causally (decoders do; encoders
+    # are switched to it) and the state at each history item is a readout of the items so far, so
+    # one forward trains all L next items of a window, as SASRec does; no response tokens follow
+    # and inference reads the newest item's position (the last one). On CPU budgets, "last" sees
+    # 50x fewer targets per forward and trails the ID models (README, "E4SRec readout").
     readout: Literal["every", "last"] = Field("every", description="train on every position, or the last only")
     # readout "last": an LLM forward per example is costly, so each epoch samples prefixes.
     examples_per_user: int = Field(16, ge=1, description="readout last: prefixes sampled per user and epoch")

@@ -9,12 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+import mlflow
 from encore.core.config import EncoreConfig, TrainConfig
 from tests.conftest import copy_home
 from tests.fixtures.tiny_llm import make_tiny_causal_lm
@@ -137,9 +137,8 @@ def test_a_trained_model_is_tracked_registered_as_challenger_and_loads_back(trai
 
 def test_e4srec_on_a_tiny_llama_trains_with_content_from_feast_and_registers(content_store: EncoreConfig,
                                                                              tmp_path: Path) -> None:
-    from training.train import train
-
     from feature_repo import store
+    from training.train import train
 
     cfg = copy_home(content_store, tmp_path / "home")
     store.apply(cfg)  # Feast keeps absolute table paths: a copied workspace is applied again

@@ -72,7 +72,7 @@ def test_seq2seq_windows_make_every_item_after_the_first_a_target_exactly_once()
     data = seqs(list(range(1, 12)), [12, 13])
     items, comp = seq2seq_windows(data, max_len=4)
     assert items.shape[1] == 5 and comp.shape == items.shape
-    targets = [int(t) for w in items for prev, t in zip(w[:-1], w[1:], strict=True) if prev > 0]
+    targets = [int(w[i + 1]) for w in items for i in range(len(w) - 1) if w[i] > 0]
     assert sorted(targets) == list(range(2, 12)) + [13]
 
 

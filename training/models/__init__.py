@@ -31,6 +31,7 @@ def build_id_encoder(kind: str, n_items: int, max_len: int, settings: dict) -> I
     if kind not in ID_ENCODERS:
         raise ValueError(f"{kind!r} is not an ID encoder; choose one of {ID_ENCODERS}")
     cls = model_class(kind)
+    settings = {k: v for k, v in settings.items() if k != "epochs"}  # a training budget, not architecture
     return cls(n_items=n_items, max_len=max_len, **settings)  # type: ignore[return-value]
 
 

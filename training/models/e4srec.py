@@ -125,7 +125,7 @@ class E4SRec(SequenceModel):
     def __init__(self, n_items: int, backbone: str, prompt: str, settings: dict[str, Any], id_dim: int | None,
                  content_dims: dict[str, int], max_len: int = 50) -> None:
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         super().__init__(n_items)
         # Hyperparameters first (settings = E4SRecSettings.model_dump(mode="json")); bad values fail here.
@@ -261,7 +261,8 @@ class E4SRec(SequenceModel):
 
     def user_states(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
         """Histories [B, L] (left-padded, newest last) -> backbone readout [B, H]."""
-        return self._hidden(items, completion)[:, -1]  # always a real response token
+        # last: the final response token. every: the newest history item (no response follows).
+        return self._hidden(items, completion)[:, -1]
 
     def _hidden(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
         """Histories [B, L] -> the backbone's last hidden states [B, P+L+R, H]."""
@@ -271,7 +272,8 @@ class E4SRec(SequenceModel):
         dtype = embed.weight.dtype
         history = self.item_vectors(items, completion).to(dtype)  # [B, L, H]
         instruction = embed(self.instruction_ids).expand(B, -1, -1)  # [B, P, H]
-        response = embed(self.response_ids).expand(B, -1, -1)  # [B, R, H]
+        # The dense readout reads item positions: no response tokens follow the history.
+        response = embed(self.response_ids[: 0 if self.readout == "every" else None]).expand(B, -1, -1)  # [B, R, H]
         x = torch.cat([instruction.to(dtype), history, response.to(dtype)], dim=1)  # [B, P+L+R, H]
         real = torch.ones(B, 1, dtype=torch.long, device=items.device)
         mask = torch.cat([real.expand(B, instruction.shape[1]), (items != 0).long(),
@@ -295,15 +297,15 @@ class E4SRec(SequenceModel):
 
     def _dense_loss(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
         """Causal attention makes the state at history position t a readout of items <= t: one
-        forward trains every next item of the window (targets items[:, 1:]) plus the response
-        position (target items[:, -1]), the readout inference uses."""
+        forward trains every next item of the window (targets items[:, 1:]). Inference reads the
+        newest item's position, the last one: the same readout, trained L times per window."""
         history = items[:, :-1]  # [B, L]
-        hidden = self._hidden(history, completion[:, :-1])  # [B, P+L+R, H]
+        hidden = self._hidden(history, completion[:, :-1])  # [B, P+L, H]
         P, L = self.instruction_ids.shape[0], history.shape[1]
-        states = torch.cat([hidden[:, P:P + L], hidden[:, -1:]], dim=1)  # [B, L+1, H]
-        targets = torch.cat([items[:, 1:], items[:, -1:]], dim=1)  # [B, L+1]
+        states = hidden[:, P:P + L]  # [B, L, H]
+        targets = items[:, 1:]  # [B, L]
         # A position trains only where both its input item and its target are real.
-        valid = torch.cat([history != 0, torch.ones_like(history[:, :1], dtype=torch.bool)], dim=1) & (targets != 0)
+        valid = (history != 0) & (targets != 0)
         h, target = states[valid], targets[valid]  # [N, H], [N]
         if self.head_kind == "full":
             logits = self._logits(h)[:, 1:]  # [N, n]
