@@ -73,7 +73,7 @@ def test_seq2seq_windows_make_every_item_after_the_first_a_target_exactly_once()
     items, comp = seq2seq_windows(data, max_len=4)
     assert items.shape[1] == 5 and comp.shape == items.shape
     targets = [int(w[i + 1]) for w in items for i in range(len(w) - 1) if w[i] > 0]
-    assert sorted(targets) == list(range(2, 12)) + [13]
+    assert sorted(targets) == [*range(2, 12), 13]
 
 
 def test_prefix_samples_are_seeded_and_differ_between_epochs() -> None:
