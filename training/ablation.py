@@ -23,6 +23,7 @@ from encore.core.config import MODALITIES, EncoreConfig, TrainConfig
 from encore.core.workspace import Workspace
 from training import tracking
 from training.data import Dataset, content_table, load_lake
+from training.models import ID_ENCODERS
 from training.train import train
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,11 @@ def ablation(cfg: EncoreConfig, seeds: list[int], only: list[str] | None = None,
     results = []
     for v in chosen:
         for seed in seeds:
-            tc = apply_changes(cfg.train, {**v.changes, "seed": seed})
+            changes = {**v.changes, "seed": seed}
+            if v.changes["model"] in ID_ENCODERS:
+                # The ID rows train exactly like the encoder E4SRec takes its table from.
+                changes["epochs"] = cfg.train.id.epochs or cfg.train.epochs
+            tc = apply_changes(cfg.train, changes)
             key = _key(tc, data.info)
             if key in done:
                 results.append(done[key])

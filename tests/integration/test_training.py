@@ -180,3 +180,25 @@ def test_a_killed_training_run_resumes_its_checkpoint_and_mlflow_run(featured_ho
     out = json.loads(done.stdout)
     assert out["run_id"] == first_run_id
     assert not run_dirs[0].exists()  # a finished run leaves no checkpoints behind
+
+
+def test_bench_standard_trains_on_a_standard_file_and_prints_published_figures(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from encore.cli import cli
+
+    rng = np.random.default_rng(0)
+    lines = [f"{u} " + " ".join(str(int(i)) for i in (rng.integers(0, 30) + np.arange(12)) % 30 + 1)
+             for u in range(1, 41)]
+    data = tmp_path / "toy.txt"
+    data.write_text("\n".join(lines) + "\n")
+    attrs = tmp_path / "attrs.json"
+    attrs.write_text(json.dumps({str(i): [i % 4] for i in range(1, 31)}))
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "bench", "standard", "--data", str(data),
+                                      "--attributes", str(attrs), "--model", "sasrec", "--epochs", "2",
+                                      "--max-len", "8"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "toy.txt: 40 users, 30 items, protocol full" in result.output
+    assert "Encore sasrec (this run)" in result.output and "SASRec as reported by E4SRec" in result.output
+    runs = mlflow.search_runs(experiment_names=["encore"], filter_string="tags.`encore.bench` = 'standard'")
+    assert len(runs) == 1

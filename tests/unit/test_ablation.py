@@ -1,0 +1,40 @@
+"""The ablation table's arithmetic: mean ± std over seeds, and the 2σ verdict against ID models."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.ablation import markdown, summarize, variants, verdict
+
+
+def run(variant: str, seed: int, ndcg: float) -> dict:
+    return {"variant": variant, "seed": seed, "test": {"ndcg@10": ndcg}}
+
+
+def test_the_table_has_every_row_the_paper_ablates() -> None:
+    names = [v.name for v in variants()]
+    assert names[:5] == ["SASRec", "BERT4Rec", "GRU4Rec", "Content zero-shot", "E4SRec (ID)"]
+    assert {"E4SRec + lyrics", "E4SRec + audio", "E4SRec + metadata", "E4SRec + completion"} <= set(names)
+    assert [n for n in names if n.startswith("E4SRec + all")] == [
+        f"E4SRec + all ({f})" for f in ("concat", "weighted", "xattn", "film")]
+
+
+def test_summary_gives_mean_and_sample_std_over_seeds() -> None:
+    rows = summarize([run("SASRec", 0, 0.1), run("SASRec", 1, 0.2), run("SASRec", 2, 0.3)], ["SASRec"], ["ndcg@10"])
+    mean, std = rows[0]["ndcg@10"]
+    assert mean == pytest.approx(0.2) and std == pytest.approx(0.1)  # sqrt(((.1)^2 + 0 + (.1)^2) / 2)
+
+
+def test_verdict_needs_a_gap_above_two_std_of_the_difference() -> None:
+    # multimodal 0.30 ± 0.01; SASRec 0.25 ± 0.02 -> 2 * hypot(0.01, 0.02) = 0.0447 < 0.05: beats.
+    # BERT4Rec 0.27 ± 0.02 -> gap 0.03 < 0.0447: does not.
+    results = ([run("E4SRec + all (concat)", s, v) for s, v in enumerate((0.29, 0.30, 0.31))]
+               + [run("SASRec", s, v) for s, v in enumerate((0.23, 0.25, 0.27))]
+               + [run("BERT4Rec", s, v) for s, v in enumerate((0.25, 0.27, 0.29))])
+    rows = summarize(results, ["SASRec", "BERT4Rec", "E4SRec + all (concat)"], ["ndcg@10"])
+    v = verdict(rows)
+    assert v["best"] == "E4SRec + all (concat)"
+    assert v["margins"]["SASRec"]["beats"] and not v["margins"]["BERT4Rec"]["beats"]
+    assert not v["beats_all"]
+    text = markdown(rows, ["ndcg@10"], {"users": 3, "items": 9, "split": "loo"}, v)
+    assert "| SASRec | 3 | 0.2500 ± 0.0200 |" in text and "does NOT beat" in text
