@@ -87,12 +87,12 @@ def id_encoder_for(cfg: EncoreConfig, data: Dataset, fingerprint: str) -> tuple[
     tc = cfg.train
     kind = tc.e4srec.id_encoder
     # Everything that shapes the encoder's training, i.e. the train config minus E4SRec's own part.
-    recipe = tc.model_dump(mode="json", exclude={"model", "e4srec"})
+    budget = tc.id.epochs or tc.epochs
+    recipe = tc.model_dump(mode="json", exclude={"model", "e4srec", "epochs"}) | {"epochs": budget}
     folder = Workspace.at(cfg.home).outputs / "id-encoders" / f"{kind}-{_key(kind, recipe, fingerprint)}"
     if (folder / "model.json").exists():
         log.info("ID encoder: reusing %s", folder)
         return model_class(kind).load(folder), folder  # type: ignore[return-value]
-    budget = tc.id.epochs or tc.epochs
     id_cfg = cfg.model_copy(update={"train": tc.model_copy(update={"model": kind, "epochs": budget})})
     log.info("ID encoder: training %s for E4SRec's item table", kind)
     outcome = train(id_cfg, data=data, register=False, log_model=False, nested=True,

@@ -152,7 +152,8 @@ def test_unknown_completion_uses_the_learned_unknown_vector(llama_dir: Path) -> 
 @pytest.mark.parametrize("head_weights", ["free", "tied"])
 def test_lora_trains_only_adapters_fusion_projections_missing_vectors_and_head(llama_dir: Path,
                                                                                head_weights: str) -> None:
-    model = make_model(llama_dir, head_weights=head_weights)  # default targets: q_proj, v_proj for Llama
+    # PEFT's architecture default (target_modules None): q_proj, v_proj for Llama
+    model = make_model(llama_dir, head_weights=head_weights, lora={"target_modules": None})
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     allowed = ("lora_", "fusion.", "input_proj.", "completion_proj.", "completion_unknown", "head.",
                "output_proj.", "item_bias")
@@ -194,7 +195,7 @@ def test_backbone_without_a_peft_default_asks_for_target_modules(llama_dir: Path
 
     monkeypatch.delitem(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, "llama")
     with pytest.raises(ValueError, match=r"lora\.target_modules"):
-        make_model(llama_dir)
+        make_model(llama_dir, lora={"target_modules": None})
 
 
 # -- decoder and encoder backbones, persistence --
@@ -222,7 +223,7 @@ def test_save_load_round_trip_gives_identical_scores(llama_dir: Path, tmp_path: 
 
 
 def test_bert_backbone_uses_peft_default_targets_and_scores(bert_dir: Path) -> None:
-    model = make_model(bert_dir, fusion="weighted", head="sampled")
+    model = make_model(bert_dir, fusion="weighted", head="sampled", lora={"target_modules": None})
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_" in n} == {
         "query", "value"}
     assert int(model.instruction_ids[0]) == model.tokenizer.cls_token_id
@@ -382,3 +383,9 @@ def test_both_readouts_train_and_score_every_item(llama_dir: Path, readout: str)
     loss.backward()
     batch = make_batch()
     assert model.score(batch["items"][:, :-1], batch["completion"][:, :-1]).shape == (3, N_ITEMS + 1)
+
+
+def test_default_lora_adapts_every_linear_layer_of_the_backbone(llama_dir: Path) -> None:
+    model = make_model(llama_dir)  # lora.target_modules defaults to PEFT's "all-linear"
+    adapted = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if "lora_" in name}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

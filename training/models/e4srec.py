@@ -89,9 +89,11 @@ def _load_backbone(path: str, causal: bool) -> nn.Module:
     return AutoModel.from_pretrained(path, config=config)
 
 
-def _lora_targets(backbone: nn.Module, requested: list[str] | None) -> list[str]:
+def _lora_targets(backbone: nn.Module, requested: list[str] | str | None) -> list[str] | str:
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
+    if requested == "all-linear":
+        return "all-linear"  # PEFT resolves it to every linear layer of the backbone
     if requested:
         return list(requested)
     model_type = getattr(backbone.config, "model_type", None)
