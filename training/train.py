@@ -180,7 +180,8 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
     data = data or load_lake(cfg)
     fingerprint = data_fingerprint(data)
     ws = Workspace.at(cfg.home)
-    run_key = _key(cfg.train.model_dump(mode="json"), fingerprint, max_epochs)
+    # Same config, same data and same code: only then does a rerun resume a killed run's checkpoint.
+    run_key = _key(cfg.train.model_dump(mode="json"), fingerprint, max_epochs, tracking.git_commit())
     run_dir = ws.outputs / "train" / f"{tc.model}-{run_key}"
     run_dir.mkdir(parents=True, exist_ok=True)
     id_file = run_dir / "mlflow_run_id"

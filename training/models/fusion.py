@@ -43,6 +43,10 @@ class Fusion(nn.Module):
         self.content: list[str] = [m for m in self.names if m != ID]
         self.fusion_dim = fusion_dim
         self.out_dim = out_dim
+        # Each raw modality is standardised per item first (LayerNorm without affine): the ID table,
+        # unit-norm text vectors, [0, 1] genes and audio descriptors in the +-9 range would
+        # otherwise enter at scales that differ 100x, and the loudest would drown the ID signal.
+        self.in_norm = nn.ModuleDict({m: nn.LayerNorm(dims[m], elementwise_affine=False) for m in self.names})
         self.proj = nn.ModuleDict({m: nn.Linear(dims[m], fusion_dim) for m in self.names})
         # Small random init, like an embedding row: distinct from any projected vector at start.
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.randn(fusion_dim) * 0.02) for m in self.content})
@@ -51,7 +55,7 @@ class Fusion(nn.Module):
         """parts[m] [..., d_m], present[m] bool [...] -> projected [..., fusion_dim] per modality."""
         out: dict[str, torch.Tensor] = {}
         for m in self.names:
-            z = self.proj[m](parts[m])  # [..., F]
+            z = self.proj[m](self.in_norm[m](parts[m]))  # [..., F]
             mask = present.get(m)
             if m != ID and mask is not None:
                 z = torch.where(mask.unsqueeze(-1), z, self.missing[m].to(z.dtype))
