@@ -193,8 +193,9 @@ class E4SRecSettings(_Section):
     head: Literal["full", "sampled"] = Field("full", description="full: CE over all items; sampled softmax")
     # free: the paper's Linear(hidden, items), one learned row per item. tied: each item's row is a
     # projection of its own fused ID + content vector (plus a bias): rare and new tracks score by
-    # what they are. Both score every item in one matrix product.
-    head_weights: Literal["free", "tied"] = Field("tied",
+    # what they are. Both score every item in one matrix product. With content, tied rows of
+    # same-style tracks come out alike and training stalled (README, "E4SRec readout"): free by default.
+    head_weights: Literal["free", "tied"] = Field("free",
                                                   description="output rows: learned per item, or from item vectors")
     num_sampled: int = Field(1024, ge=1, description="sampled head: negatives per batch")
     lora: LoraSettings = Field(default_factory=LoraSettings)
