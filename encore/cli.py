@@ -5,6 +5,7 @@ Heavy imports (Spark, numpy) happen inside the commands, so ``encore --help`` an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -491,7 +492,9 @@ def train(ctx: click.Context, no_register: bool, as_json: bool, **opts: Any) -> 
 
     cfg = _with_train(_config(ctx), **_train_changes(**opts))
     try:
-        out = run_train(cfg, register=not no_register)
+        # DeepSpeed and transformers print progress to stdout; stdout is for the result (--json).
+        with contextlib.redirect_stdout(sys.stderr):
+            out = run_train(cfg, register=not no_register)
     except (DataError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
