@@ -74,7 +74,26 @@ class SequenceModel(nn.Module):
 
 
 class IdEncoder(SequenceModel):
-    """A sequential ID model whose item-embedding table E4SRec reuses (frozen)."""
+    """A sequential ID model whose item-embedding table E4SRec reuses (frozen).
+
+    Every ID encoder takes the same settings (``IdEncoderSettings``), so one config section
+    builds any of them; a setting a model has no use for (a GRU's heads) is kept for ``config()``.
+    """
+
+    def __init__(self, n_items: int, max_len: int = 50, hidden: int = 64, layers: int = 2, heads: int = 2,
+                 inner: int = 256, dropout: float = 0.2, mask_prob: float = 0.2, loss: str = "ce",
+                 num_negatives: int = 1) -> None:
+        super().__init__(n_items)
+        from training.models.losses import check_loss
+
+        check_loss(loss, num_negatives)
+        self.max_len, self.hidden, self.layers, self.heads, self.inner = max_len, hidden, layers, heads, inner
+        self.dropout_p, self.mask_prob, self.loss_type, self.num_negatives = dropout, mask_prob, loss, num_negatives
+
+    def config(self) -> dict[str, Any]:
+        return {"n_items": self.n_items, "max_len": self.max_len, "hidden": self.hidden, "layers": self.layers,
+                "heads": self.heads, "inner": self.inner, "dropout": self.dropout_p, "mask_prob": self.mask_prob,
+                "loss": self.loss_type, "num_negatives": self.num_negatives}
 
     def item_embeddings(self) -> torch.Tensor:
         """The learned item table, [n_items + 1, hidden]; row 0 is padding."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from training.models.base import Batch, IdEncoder, pad_logits
-from training.models.losses import check_loss, sequence_loss
+from training.models.losses import sequence_loss
 from training.models.sasrec import TransformerStack, init_weights, right_positions
 
 
@@ -44,33 +44,14 @@ class BERT4Rec(IdEncoder):
 
     kind: ClassVar[str] = "bert4rec"
 
-    def __init__(
-        self,
-        n_items: int,
-        max_len: int = 50,
-        hidden: int = 64,
-        layers: int = 2,
-        heads: int = 2,
-        inner: int = 256,
-        dropout: float = 0.2,
-        mask_prob: float = 0.2,
-        loss: str = "ce",
-        num_negatives: int = 1,
-    ) -> None:
-        super().__init__(n_items)
-        check_loss(loss, num_negatives)
-        if not 0 < mask_prob < 1:
-            raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
-        self.max_len = max_len
-        self.hidden = hidden
-        self.layers = layers
-        self.heads = heads
-        self.inner = inner
-        self.dropout_p = dropout
-        self.mask_prob = mask_prob
-        self.loss_type = loss
-        self.num_negatives = num_negatives
+    def __init__(self, n_items: int, **settings: Any) -> None:
+        super().__init__(n_items, **settings)  # IdEncoderSettings, kept for config()
+        max_len, hidden, layers, heads, inner, dropout = (self.max_len, self.hidden, self.layers, self.heads,
+                                                          self.inner, self.dropout_p)
+        if not 0 < self.mask_prob < 1:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         self.mask_token = n_items + 1
+
 
         self.item_emb = nn.Embedding(n_items + 2, hidden, padding_idx=0)  # row n_items + 1 = [MASK]
         # Training reads the whole window (L + 1 items), inference L items ending in [MASK].
@@ -82,20 +63,6 @@ class BERT4Rec(IdEncoder):
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
 
         self.apply(init_weights)
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "n_items": self.n_items,
-            "max_len": self.max_len,
-            "hidden": self.hidden,
-            "layers": self.layers,
-            "heads": self.heads,
-            "inner": self.inner,
-            "dropout": self.dropout_p,
-            "mask_prob": self.mask_prob,
-            "loss": self.loss_type,
-            "num_negatives": self.num_negatives,
-        }
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """Output at each position: items [B, T] (left-padded, may contain [MASK]) -> [B, T, H]."""

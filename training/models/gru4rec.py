@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from training.models.base import Batch, IdEncoder, pad_logits
-from training.models.losses import check_loss, sequence_loss
+from training.models.losses import sequence_loss
 
 
 class GRU4Rec(IdEncoder):
@@ -31,30 +31,11 @@ class GRU4Rec(IdEncoder):
 
     kind: ClassVar[str] = "gru4rec"
 
-    def __init__(
-        self,
-        n_items: int,
-        max_len: int = 50,
-        hidden: int = 64,
-        layers: int = 2,
-        heads: int = 2,
-        inner: int = 256,
-        dropout: float = 0.2,
-        mask_prob: float = 0.2,
-        loss: str = "ce",
-        num_negatives: int = 1,
-    ) -> None:
-        super().__init__(n_items)
-        check_loss(loss, num_negatives)
-        self.max_len = max_len  # a GRU has no length limit; kept for the shared config
-        self.hidden = hidden
-        self.layers = layers
-        self.heads = heads  # unused: the GRU has no attention; accepted so every ID encoder takes one settings
-        self.inner = inner  # unused
-        self.dropout_p = dropout
-        self.mask_prob = mask_prob  # unused
-        self.loss_type = loss
-        self.num_negatives = num_negatives
+    def __init__(self, n_items: int, **settings: Any) -> None:
+        super().__init__(n_items, **settings)  # IdEncoderSettings, kept for config()
+        # A GRU has no length limit, attention heads or feed-forward size: those settings go unused.
+        hidden, layers, dropout = self.hidden, self.layers, self.dropout_p
+
 
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
@@ -69,20 +50,6 @@ class GRU4Rec(IdEncoder):
         for name, param in self.gru.named_parameters():
             if name.startswith("weight"):
                 nn.init.xavier_uniform_(param)
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "n_items": self.n_items,
-            "max_len": self.max_len,
-            "hidden": self.hidden,
-            "layers": self.layers,
-            "heads": self.heads,
-            "inner": self.inner,
-            "dropout": self.dropout_p,
-            "mask_prob": self.mask_prob,
-            "loss": self.loss_type,
-            "num_negatives": self.num_negatives,
-        }
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """State after each position: items [B, T] (left-padded) -> [B, T, H]; padding rows are 0."""

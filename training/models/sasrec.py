@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from training.models.base import Batch, IdEncoder, pad_logits
-from training.models.losses import check_loss, sequence_loss
+from training.models.losses import sequence_loss
 
 
 class TransformerStack(nn.Module):
@@ -77,30 +77,11 @@ class SASRec(IdEncoder):
 
     kind: ClassVar[str] = "sasrec"
 
-    def __init__(
-        self,
-        n_items: int,
-        max_len: int = 50,
-        hidden: int = 64,
-        layers: int = 2,
-        heads: int = 2,
-        inner: int = 256,
-        dropout: float = 0.2,
-        mask_prob: float = 0.2,
-        loss: str = "ce",
-        num_negatives: int = 1,
-    ) -> None:
-        super().__init__(n_items)
-        check_loss(loss, num_negatives)
-        self.max_len = max_len
-        self.hidden = hidden
-        self.layers = layers
-        self.heads = heads
-        self.inner = inner
-        self.dropout_p = dropout
-        self.mask_prob = mask_prob  # unused here; kept so every ID encoder takes the same settings
-        self.loss_type = loss
-        self.num_negatives = num_negatives
+    def __init__(self, n_items: int, **settings: Any) -> None:
+        super().__init__(n_items, **settings)  # IdEncoderSettings, kept for config()
+        max_len, hidden, layers, heads, inner, dropout = (self.max_len, self.hidden, self.layers, self.heads,
+                                                          self.inner, self.dropout_p)
+
 
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, hidden)
@@ -108,20 +89,6 @@ class SASRec(IdEncoder):
         self.encoder = TransformerStack(hidden, layers, heads, inner, dropout)
 
         self.apply(init_weights)
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "n_items": self.n_items,
-            "max_len": self.max_len,
-            "hidden": self.hidden,
-            "layers": self.layers,
-            "heads": self.heads,
-            "inner": self.inner,
-            "dropout": self.dropout_p,
-            "mask_prob": self.mask_prob,
-            "loss": self.loss_type,
-            "num_negatives": self.num_negatives,
-        }
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """Hidden state after each position: items [B, T] (left-padded) -> [B, T, H]; padding rows are 0."""
