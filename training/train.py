@@ -53,6 +53,7 @@ class TrainOutcome:
     id_encoder: str | None = None  # folder of the ID encoder E4SRec used
     trainable_params: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    trained: SequenceModel | None = field(default=None, repr=False)  # the model itself, best epoch
 
 
 def default_backbone() -> Path:
@@ -96,8 +97,8 @@ def id_encoder_for(cfg: EncoreConfig, data: Dataset, fingerprint: str) -> tuple[
     id_cfg = cfg.model_copy(update={"train": tc.model_copy(update={"model": kind, "epochs": budget})})
     log.info("ID encoder: training %s for E4SRec's item table", kind)
     outcome = train(id_cfg, data=data, register=False, log_model=False, nested=True,
-                    run_name=f"{kind} (ID encoder)", _return_model=True)
-    model = outcome.info.pop("_model")
+                    run_name=f"{kind} (ID encoder)")
+    model = outcome.trained
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save(tmp)
@@ -172,8 +173,7 @@ def _activity_breakdown(cfg: EncoreConfig, data: Dataset, ranks: torch.Tensor, k
 
 def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable | None = None,
           register: bool = True, log_model: bool = True, run_name: str | None = None, nested: bool = False,
-          tags: dict[str, str] | None = None, max_epochs: int | None = None,
-          _return_model: bool = False) -> TrainOutcome:
+          tags: dict[str, str] | None = None, max_epochs: int | None = None) -> TrainOutcome:
     """Train, evaluate and track one ``cfg.train.model``; register it unless told not to."""
     tc = cfg.train
     seed_everything(tc.seed)
@@ -238,17 +238,12 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
             if breakdown is not None:
                 breakdown.to_csv(t / "test_by_activity.csv", index=False)
             mlflow.log_artifacts(str(t))
-        version = None
-        if log_model:
-            info = tracking_log_model(cfg, model, data, register)
-            version = info
+        version = tracking_log_model(cfg, model, data, register) if log_model else None
         if id_folder:
             mlflow.set_tag("encore.id_encoder", id_folder)
     outcome = TrainOutcome(run_id=run_id, model=tc.model, test=test, valid=valid, fit=result,
                            model_version=version, id_encoder=id_folder, trainable_params=trainable,
-                           info=dict(data.info))
-    if _return_model:
-        outcome.info["_model"] = model
+                           info=dict(data.info), trained=model)
     # Finished: the checkpoints have served their purpose; the next run with this key starts afresh.
     shutil.rmtree(run_dir, ignore_errors=True)
     return outcome
