@@ -97,11 +97,37 @@ class IdEncoder(SequenceModel):
 
     def item_embeddings(self) -> torch.Tensor:
         """The learned item table, [n_items + 1, hidden]; row 0 is padding."""
-        raise NotImplementedError
+        return self.item_emb.weight[: self.n_items + 1].detach()  # type: ignore[attr-defined]
 
     def tied_parameters(self) -> list[nn.Parameter]:
         # The ID encoders score with their input table (tied output): item_emb.weight.
         return [self.item_emb.weight]  # type: ignore[attr-defined]
+
+
+class NextItemEncoder(IdEncoder):
+    """An ID encoder whose state after each item scores the next one (SASRec, GRU4Rec).
+
+    Subclasses provide ``encode(items [B, T]) -> states [B, T', H]`` for the newest T' <= T items.
+    """
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        from training.models.losses import sequence_loss
+
+        items = batch["items"]  # [B, L + 1]
+        inputs, targets = items[:, :-1], items[:, 1:]  # [B, L] each
+        # A target right after padding has nothing to predict it from (its state is 0): skip it.
+        targets = targets.masked_fill(inputs == 0, 0)
+        hidden = self.encode(inputs)  # [B, L', H]
+        targets = targets[:, -hidden.shape[1]:]
+        return sequence_loss(hidden, targets, self.item_emb.weight, self.loss_type, self.num_negatives)  # type: ignore[attr-defined]
+
+    def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        # ID encoders ignore completion; the argument is part of the SequenceModel contract.
+        h = self.encode(items)[:, -1]  # [B, H], state after the newest item
+        return pad_logits(h @ self.item_emb.weight.T)  # type: ignore[attr-defined]  # [B, n_items + 1]
 
 
 def pad_logits(logits: torch.Tensor) -> torch.Tensor:

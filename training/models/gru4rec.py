@@ -22,11 +22,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from training.models.base import Batch, IdEncoder, pad_logits
-from training.models.losses import sequence_loss
+from training.models.base import NextItemEncoder
 
 
-class GRU4Rec(IdEncoder):
+class GRU4Rec(NextItemEncoder):
     """Recurrent next-item model over item ids."""
 
     kind: ClassVar[str] = "gru4rec"
@@ -70,19 +69,3 @@ class GRU4Rec(IdEncoder):
         out = out.gather(1, to_left.unsqueeze(-1).expand(B, T, self.hidden))  # [B, T, H], left-padded
         out = self.proj(out)
         return out * (cols >= first.unsqueeze(1)).unsqueeze(-1)  # [B, T, H]
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        items = batch["items"]  # [B, L + 1]
-        inputs, targets = items[:, :-1], items[:, 1:]  # [B, L] each
-        # A target right after padding has nothing to predict it from (its state is 0): skip it.
-        targets = targets.masked_fill(inputs == 0, 0)
-        hidden = self.encode(inputs)  # [B, L, H]
-        return sequence_loss(hidden, targets, self.item_emb.weight, self.loss_type, self.num_negatives)
-
-    def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
-        # ID encoders ignore completion; the argument is part of the SequenceModel contract.
-        h = self.encode(items)[:, -1]  # [B, H], state after the newest item
-        return pad_logits(h @ self.item_emb.weight.T)  # [B, n_items + 1]
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.item_emb.weight.detach()  # [n_items + 1, H]

@@ -19,8 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from training.models.base import Batch, IdEncoder, pad_logits
-from training.models.losses import sequence_loss
+from training.models.base import NextItemEncoder
 
 
 class TransformerStack(nn.Module):
@@ -72,7 +71,7 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class SASRec(IdEncoder):
+class SASRec(NextItemEncoder):
     """Causal transformer over item ids; predicts the next item at every position."""
 
     kind: ClassVar[str] = "sasrec"
@@ -103,20 +102,3 @@ class SASRec(IdEncoder):
         itself = torch.eye(T, dtype=torch.bool, device=items.device)
         allowed = (causal & keep.unsqueeze(1)) | itself  # [B, T, T]
         return self.encoder(x, allowed, keep)  # [B, T, H]
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        items = batch["items"]  # [B, L + 1]
-        inputs, targets = items[:, :-1], items[:, 1:]  # [B, L] each
-        # A target right after padding has nothing to predict it from (its hidden state is 0): skip it.
-        targets = targets.masked_fill(inputs == 0, 0)
-        hidden = self.encode(inputs)  # [B, L, H]
-        targets = targets[:, -hidden.shape[1] :]
-        return sequence_loss(hidden, targets, self.item_emb.weight, self.loss_type, self.num_negatives)
-
-    def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
-        # ID encoders ignore completion; the argument is part of the SequenceModel contract.
-        h = self.encode(items)[:, -1]  # [B, H], state after the newest item
-        return pad_logits(h @ self.item_emb.weight.T)  # [B, n_items + 1]
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.item_emb.weight.detach()  # [n_items + 1, H]
