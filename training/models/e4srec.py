@@ -12,9 +12,15 @@ Item vector per history position (B users, L positions, H = backbone hidden size
     vec   += completion_proj(c) where the listen's completion c is known, else a learned
              "unknown" vector (an unknown completion is not a zero completion)
 
-Sequence: [instruction tokens][L item vectors, left-padded][response tokens] -> last position.
+Sequence, readout "last" (the paper's): [instruction tokens][L item vectors, left-padded]
+[response tokens] -> the last position. Readout "every" (default): the backbone attends causally
+and no response tokens follow, so the state at each item position predicts the next item (one
+forward trains all L targets) and inference reads the newest item, again the last position.
 
 Departures from the paper:
+    - Readout "every" (above) and LoRA on all linear layers by default (README, "E4SRec on two
+      cores: what was tried").
+    - ``head_weights: tied`` (option): item rows computed from the fused item vectors.
     - The ID table comes from a separately trained SASRec/BERT4Rec/GRU4Rec (an ``IdEncoder``), as
       in E4SRec, but is joined by content vectors through a fusion module (``fusion.py``).
     - Position ids skip the padding, so the prompt sits at the same positions for every length.
