@@ -164,7 +164,11 @@ def test_e4srec_on_a_tiny_llama_trains_with_content_from_feast_and_registers(con
 def test_a_killed_training_run_resumes_its_checkpoint_and_mlflow_run(featured_home: EncoreConfig,
                                                                       tmp_path: Path) -> None:
     cfg = copy_home(featured_home, tmp_path / "home")
-    env = {**os.environ, "ENCORE_HOME": str(cfg.home), "ENCORE_FAULT": "train.epoch_saved"}
+    # This pytest process holds a torch.distributed store on its MASTER_PORT (set by the DeepSpeed
+    # tests above): the child picks its own free port, as a fresh `encore train` does.
+    dist_env = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    env = {**{k: v for k, v in os.environ.items() if k not in dist_env},
+           "ENCORE_HOME": str(cfg.home), "ENCORE_FAULT": "train.epoch_saved"}
     cmd = [sys.executable, "-m", "encore.cli", "train", "--model", "gru4rec", "--epochs", "3", "--no-register",
            "--json"]
     killed = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
