@@ -404,19 +404,11 @@ _MODELS = ("sasrec", "bert4rec", "gru4rec", "e4srec", "content")
 
 def _with_train(cfg: EncoreConfig, **changes: Any) -> EncoreConfig:
     """``cfg`` with ``train`` settings replaced (dotted keys: ``e4srec.fusion``), validated."""
-    from encore.core.config import TrainConfig
+    from training.ablation import apply_changes
 
-    data = cfg.train.model_dump(mode="json")
-    for key, value in changes.items():
-        if value is None:
-            continue
-        node = data
-        *path, last = key.split(".")
-        for k in path:
-            node = node[k]
-        node[last] = value
     try:
-        return cfg.model_copy(update={"train": TrainConfig.model_validate(data)})
+        tc = apply_changes(cfg.train, {k: v for k, v in changes.items() if v is not None})
+        return cfg.model_copy(update={"train": tc})
     except Exception as exc:
         raise click.ClickException(f"invalid training option: {exc}") from None
 

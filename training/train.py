@@ -180,8 +180,9 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
     data = data or load_lake(cfg)
     fingerprint = data_fingerprint(data)
     ws = Workspace.at(cfg.home)
+    commit = tracking.git_commit()
     # Same config, same data and same code: only then does a rerun resume a killed run's checkpoint.
-    run_key = _key(cfg.train.model_dump(mode="json"), fingerprint, max_epochs, tracking.git_commit())
+    run_key = _key(cfg.train.model_dump(mode="json"), fingerprint, max_epochs, commit)
     run_dir = ws.outputs / "train" / f"{tc.model}-{run_key}"
     run_dir.mkdir(parents=True, exist_ok=True)
     id_file = run_dir / "mlflow_run_id"
@@ -191,7 +192,7 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
                  "encore.data_start": str(data.info.get("data_start")),
                  "encore.data_end": str(data.info.get("data_end")),
                  "encore.data_source": str(data.info.get("source")), "encore.data_fingerprint": fingerprint,
-                 "encore.split": tc.split, "mlflow.source.git.commit": tracking.git_commit(),
+                 "encore.split": tc.split, "mlflow.source.git.commit": commit,
                  **(tags or {})}
     with tracking.run(cfg, name, run_id=resume_id, nested=nested, tags=base_tags) as active:
         run_id = active.info.run_id
