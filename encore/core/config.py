@@ -196,8 +196,8 @@ class E4SRecSettings(_Section):
     # what they are. Both score every item in one matrix product. With content, tied rows of
     # same-style tracks come out alike and training stalled (README, "E4SRec on two cores: what
     # was tried"): free by default.
-    head_weights: Literal["free", "tied"] = Field("free",
-                                                  description="output rows: learned per item, or from item vectors")
+    head_weights: Literal["free", "tied", "hybrid"] = Field(
+        "free", description="output rows: learned per item, from item vectors, or the sum of both")
     num_sampled: int = Field(1024, ge=1, description="sampled head: negatives per batch")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     # last: the paper's setup: instruction, history, response tokens; one readout (the final

@@ -149,7 +149,7 @@ def test_unknown_completion_uses_the_learned_unknown_vector(llama_dir: Path) -> 
 
 # -- what trains --
 
-@pytest.mark.parametrize("head_weights", ["free", "tied"])
+@pytest.mark.parametrize("head_weights", ["free", "tied", "hybrid"])
 def test_lora_trains_only_adapters_fusion_projections_missing_vectors_and_head(llama_dir: Path,
                                                                                head_weights: str) -> None:
     # PEFT's architecture default (target_modules None): q_proj, v_proj for Llama
@@ -171,9 +171,10 @@ def test_lora_trains_only_adapters_fusion_projections_missing_vectors_and_head(l
               + 3 * fusion_dim  # missing vectors (content only)
               + n_mods * fusion_dim * fusion_dim + fusion_dim)  # concat -> Linear
     projections = (fusion_dim * hidden + hidden) + (hidden + hidden) + hidden  # input, completion, unknown
-    # free: Linear(hidden, items + 1); tied: output_proj(fusion_dim -> hidden) + one bias per item.
-    head = (hidden * (N_ITEMS + 1) + N_ITEMS + 1 if head_weights == "free"
-            else fusion_dim * hidden + hidden + N_ITEMS + 1)
+    # free: Linear(hidden, items + 1); tied: output_proj(fusion_dim -> hidden) + one bias per item;
+    # hybrid: both, the free head's bias serving as the item bias.
+    free, tied = hidden * (N_ITEMS + 1) + N_ITEMS + 1, fusion_dim * hidden + hidden
+    head = {"free": free, "tied": tied + N_ITEMS + 1, "hybrid": free + tied}[head_weights]
     assert sum(p.numel() for p in backbone_trainable_params(model)) == lora
     assert sum(p.numel() for p in trainable.values()) == lora + fusion + projections + head
 
@@ -200,7 +201,7 @@ def test_backbone_without_a_peft_default_asks_for_target_modules(llama_dir: Path
 
 # -- decoder and encoder backbones, persistence --
 
-@pytest.mark.parametrize("head_weights", ["free", "tied"])
+@pytest.mark.parametrize("head_weights", ["free", "tied", "hybrid"])
 def test_save_load_round_trip_gives_identical_scores(llama_dir: Path, tmp_path: Path, head_weights: str) -> None:
     model = make_model(llama_dir, fusion="xattn", head_weights=head_weights)
     with torch.no_grad():  # LoRA B starts at zero: make the adapter matter before saving it
@@ -242,15 +243,30 @@ def test_default_minilm_backbone_reads_item_vectors() -> None:
         assert torch.isfinite(model.score(batch["items"][:, :-1], batch["completion"][:, :-1])[:, 1:]).all()
 
 
-@pytest.mark.parametrize("head_weights", ["free", "tied"])
+@pytest.mark.parametrize("head_weights", ["free", "tied", "hybrid"])
 def test_sampled_head_gives_finite_loss_even_with_accidental_hits(llama_dir: Path, head_weights: str) -> None:
     # 64 draws from 20 items: hits are certain
     model = make_model(llama_dir, head="sampled", num_sampled=64, head_weights=head_weights)
     loss = model.loss(make_batch())
     assert torch.isfinite(loss)
     loss.backward()
-    weight = model.head.weight if head_weights == "free" else model.output_proj.weight
-    assert weight.grad is not None
+    weights = ([model.head.weight] if head_weights != "tied" else []) + (
+        [model.output_proj.weight] if head_weights != "free" else [])
+    assert all(w.grad is not None for w in weights)
+
+
+def test_hybrid_head_is_the_free_rows_plus_the_tied_rows(llama_dir: Path) -> None:
+    # Full logits and (target, negatives) logits of the hybrid head are free + tied, exactly.
+    model = make_model(llama_dir, head_weights="hybrid").eval()
+    h = torch.randn(3, model.hidden)
+    rows = model.output_proj(model._fused(torch.arange(N_ITEMS + 1)))  # [n+1, H]
+    with torch.no_grad():
+        expected = model.head(h) + h @ rows.T
+        assert torch.allclose(model._logits(h), expected, atol=1e-5)
+        target, negatives = torch.tensor([1, 4, 7]), torch.tensor([2, 3])
+        picked = model._logits(h, target, negatives)
+    assert torch.allclose(picked[:, 0], expected[torch.arange(3), target], atol=1e-5)
+    assert torch.allclose(picked[:, 1:], expected[:, negatives], atol=1e-5)
 
 
 def test_tied_head_scores_an_item_by_its_own_vectors(llama_dir: Path) -> None:
@@ -337,6 +353,21 @@ def test_content_baseline_ranks_the_history_style_first_and_contentless_items_la
     assert scores[1, style_b].min() > scores[1, 1:6].max()
     assert (scores[:, 11:] == NO_CONTENT).all()
     assert (scores[:, 1:11] <= 1 + 1e-5).all() and (scores[:, 1:11] >= -1 - 1e-5).all()
+
+
+def test_content_baseline_ignores_a_direction_every_item_shares() -> None:
+    # Real encoders put all items in a narrow cone. Give both blocks a large common offset and take
+    # the audio of style-A items 4 and 5 away: raw cosine would then favour any item with audio
+    # (style B) over 4 and 5; centred on the catalogue mean, style still decides.
+    table = style_table()
+    for m, offset in (("lyrics", [20.0, -15.0, 30.0, 10.0]), ("audio", [20.0, -15.0, 30.0])):
+        table.vectors[m][table.present[m]] += torch.tensor(offset)
+    table.present["audio"][[4, 5]] = False
+    table.vectors["audio"][[4, 5]] = 0.0
+    model = ContentBaseline(12, {"lyrics": 4, "audio": 3})
+    model.set_item_tables(table)
+    scores = model.score(torch.tensor([[0, 0, 1, 2, 3]]), torch.full((1, 5), NAN))
+    assert scores[0, [4, 5]].min() > scores[0, 6:11].max()
 
 
 def test_content_baseline_weights_recent_items_more() -> None:

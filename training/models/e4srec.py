@@ -20,7 +20,8 @@ forward trains all L targets) and inference reads the newest item, again the las
 Departures from the paper:
     - Readout "every" (above) and LoRA on all linear layers by default (README, "E4SRec on two
       cores: what was tried").
-    - ``head_weights: tied`` (option): item rows computed from the fused item vectors.
+    - ``head_weights: tied`` (option): item rows computed from the fused item vectors;
+      ``hybrid``: free rows plus those.
     - The ID table comes from a separately trained SASRec/BERT4Rec/GRU4Rec (an ``IdEncoder``), as
       in E4SRec, but is joined by content vectors through a fusion module (``fusion.py``).
     - Position ids skip the padding, so the prompt sits at the same positions for every length.
@@ -154,8 +155,8 @@ class E4SRec(SequenceModel):
         if self.head_kind not in ("full", "sampled"):
             raise ValueError(f"unknown E4SRec head {self.head_kind!r}; expected 'full' or 'sampled'")
         self.head_weights = self.settings.get("head_weights", "free")
-        if self.head_weights not in ("free", "tied"):
-            raise ValueError(f"unknown E4SRec head_weights {self.head_weights!r}; expected 'free' or 'tied'")
+        if self.head_weights not in ("free", "tied", "hybrid"):
+            raise ValueError(f"unknown E4SRec head_weights {self.head_weights!r}; expected 'free', 'tied' or 'hybrid'")
         self.num_sampled = int(self.settings.get("num_sampled", 1024))
         self.readout = self.settings.get("readout", "every")
         if self.readout not in ("every", "last"):
@@ -214,14 +215,16 @@ class E4SRec(SequenceModel):
         if self.use_completion:
             self.completion_proj = nn.Linear(1, hidden)
             self.completion_unknown = nn.Parameter(torch.randn(hidden) * 0.02)
-        if self.head_weights == "free":
+        if self.head_weights in ("free", "hybrid"):
             self.head = ItemHead(hidden, n_items + 1)
-        else:
+        if self.head_weights in ("tied", "hybrid"):
             # Tied: item i's output row is output_proj(fuse(item i's ID and content)) plus a bias.
             # A track seldom seen as a target still scores by what it is (its content and ID
-            # neighbourhood) instead of by a row that few gradients have reached.
+            # neighbourhood) instead of by a row that few gradients have reached. Hybrid adds
+            # these rows to free ones (whose bias then serves as the item bias).
             self.output_proj = nn.Linear(fusion_dim, hidden)
-            self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
+            if self.head_weights == "tied":
+                self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
@@ -338,16 +341,29 @@ class E4SRec(SequenceModel):
     def _logits(self, h: torch.Tensor, target: torch.Tensor | None = None,
                 negatives: torch.Tensor | None = None) -> torch.Tensor:
         """h [B, H] -> logits over every item [B, n+1], or over (target, negatives) [B, 1+S]."""
-        if self.head_weights == "free":
-            return self.head(h.to(self.head.weight.dtype), target, negatives)
+        logits = None
+        if self.head_weights in ("free", "hybrid"):
+            logits = self.head(h.to(self.head.weight.dtype), target, negatives)
+        if self.head_weights in ("tied", "hybrid"):
+            tied = self._tied_logits(h, target, negatives)
+            logits = tied if logits is None else logits + tied
+        assert logits is not None
+        return logits
+
+    def _tied_logits(self, h: torch.Tensor, target: torch.Tensor | None,
+                     negatives: torch.Tensor | None) -> torch.Tensor:
         h = h.to(self.output_proj.weight.dtype)
+        bias = self.item_bias if self.head_weights == "tied" else None
         if target is None or negatives is None:
             rows = self.output_proj(self._fused(torch.arange(self.n_items + 1, device=h.device)))  # [n+1, H]
-            return h @ rows.T + self.item_bias  # [B, n+1]
+            out = h @ rows.T  # [B, n+1]
+            return out if bias is None else out + bias
         pos_rows = self.output_proj(self._fused(target))  # [B, H]
         neg_rows = self.output_proj(self._fused(negatives))  # [S, H]
-        pos = (h * pos_rows).sum(-1, keepdim=True) + self.item_bias[target].unsqueeze(-1)  # [B, 1]
-        neg = h @ neg_rows.T + self.item_bias[negatives]  # [B, S]
+        pos = (h * pos_rows).sum(-1, keepdim=True)  # [B, 1]
+        neg = h @ neg_rows.T  # [B, S]
+        if bias is not None:
+            pos, neg = pos + bias[target].unsqueeze(-1), neg + bias[negatives]
         return torch.cat([pos, neg], dim=1)
 
     # -- persistence --
