@@ -341,14 +341,10 @@ class E4SRec(SequenceModel):
     def _logits(self, h: torch.Tensor, target: torch.Tensor | None = None,
                 negatives: torch.Tensor | None = None) -> torch.Tensor:
         """h [B, H] -> logits over every item [B, n+1], or over (target, negatives) [B, 1+S]."""
-        logits = None
-        if self.head_weights in ("free", "hybrid"):
-            logits = self.head(h.to(self.head.weight.dtype), target, negatives)
-        if self.head_weights in ("tied", "hybrid"):
-            tied = self._tied_logits(h, target, negatives)
-            logits = tied if logits is None else logits + tied
-        assert logits is not None
-        return logits
+        if self.head_weights == "tied":
+            return self._tied_logits(h, target, negatives)
+        free = self.head(h.to(self.head.weight.dtype), target, negatives)
+        return free if self.head_weights == "free" else free + self._tied_logits(h, target, negatives)
 
     def _tied_logits(self, h: torch.Tensor, target: torch.Tensor | None,
                      negatives: torch.Tensor | None) -> torch.Tensor:
