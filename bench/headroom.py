@@ -63,7 +63,8 @@ def main() -> None:
     print(f"{len(test)} test users, {len(data.vocab)} items; training plays per played item: "
           f"mean {played.mean():.1f}, median {np.median(played):.0f}; listens on items with <= 5 plays: "
           f"{played[played <= 5].sum() / played.sum():.0%}; test target in the newest item's style: "
-          f"{np.mean(style[test.targets.numpy()] == style[newest]):.0%}")
+          f"{np.mean(style[test.targets.numpy()] == style[newest]):.0%}; never played in training: "
+          f"{np.mean(plays[test.targets.numpy()] == 0):.0%}")
     print(f"{'ranker':<14} {'hr@10':>7} {'ndcg@10':>8} {'mrr':>7}")
     for name, scores in rankers.items():
         ranks = full_ranking_ranks(torch.as_tensor(np.ascontiguousarray(scores), dtype=torch.float32),

@@ -98,8 +98,11 @@ def verdict(rows: list[dict[str, Any]], metric: str = "ndcg@10") -> dict[str, An
             "beats_all": all(m["beats"] for m in margins.values())}
 
 
-def markdown(rows: list[dict[str, Any]], metrics: list[str], info: dict[str, Any], v: dict[str, Any]) -> str:
-    lines = [f"Test metrics on {info.get('users')} users × {info.get('items')} items "
+def markdown(rows: list[dict[str, Any]], metrics: list[str], info: dict[str, Any], v: dict[str, Any],
+             test_examples: int | None = None) -> str:
+    # Users with too few listens have no test example: say how many examples the metrics average.
+    examples = f"{test_examples} test examples from " if test_examples is not None else ""
+    lines = [f"Test metrics on {examples}{info.get('users')} users × {info.get('items')} items "
              f"({info.get('split')} split, full ranking, history masked); mean ± std over seeds.", "",
              "| model | seeds | " + " | ".join(metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]
@@ -184,7 +187,7 @@ def ablation(cfg: EncoreConfig, seeds: list[int], only: list[str] | None = None,
     rows = summarize(results, [v.name for v in chosen], metrics)
     v = verdict(rows)
     md = out_dir / "ablation.md"
-    md.write_text(markdown(rows, metrics, data.info, v))
+    md.write_text(markdown(rows, metrics, data.info, v, test_examples=len(data.test)))
     png = bar_chart(rows, "ndcg@10", out_dir / "ablation_ndcg10.png")
     with tracking.run(cfg, "bench table", tags={"encore.bench": "table-summary"}):
         mlflow.log_params({"seeds": ",".join(map(str, seeds)), "variants": len(chosen)})

@@ -36,5 +36,6 @@ def test_verdict_needs_a_gap_above_two_std_of_the_difference() -> None:
     assert v["best"] == "E4SRec + all (concat)"
     assert v["margins"]["SASRec"]["beats"] and not v["margins"]["BERT4Rec"]["beats"]
     assert not v["beats_all"]
-    text = markdown(rows, ["ndcg@10"], {"users": 3, "items": 9, "split": "loo"}, v)
+    text = markdown(rows, ["ndcg@10"], {"users": 3, "items": 9, "split": "loo"}, v, test_examples=2)
     assert "| SASRec | 3 | 0.2500 ± 0.0200 |" in text and "does NOT beat" in text
+    assert text.startswith("Test metrics on 2 test examples from 3 users × 9 items")
