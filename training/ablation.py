@@ -61,6 +61,15 @@ def apply_changes(tc: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
     return TrainConfig.model_validate(data)
 
 
+def variant_config(tc: TrainConfig, v: Variant, seed: int) -> TrainConfig:
+    """``tc`` with one table row's changes and seed."""
+    changes = {**v.changes, "seed": seed}
+    if v.changes["model"] in ID_ENCODERS:
+        # The ID rows train exactly like the encoder E4SRec takes its table from.
+        changes["epochs"] = tc.id.epochs or tc.epochs
+    return apply_changes(tc, changes)
+
+
 def _key(tc: TrainConfig, data_info: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps([tc.model_dump(mode="json"), data_info], sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
@@ -164,11 +173,7 @@ def ablation(cfg: EncoreConfig, seeds: list[int], only: list[str] | None = None,
     results = []
     for v in chosen:
         for seed in seeds:
-            changes = {**v.changes, "seed": seed}
-            if v.changes["model"] in ID_ENCODERS:
-                # The ID rows train exactly like the encoder E4SRec takes its table from.
-                changes["epochs"] = cfg.train.id.epochs or cfg.train.epochs
-            tc = apply_changes(cfg.train, changes)
+            tc = variant_config(cfg.train, v, seed)
             key = _key(tc, data.info)
             if key in done:
                 results.append(done[key])
@@ -179,7 +184,8 @@ def ablation(cfg: EncoreConfig, seeds: list[int], only: list[str] | None = None,
                         tags={"encore.bench": "table", "encore.variant": v.name})
             rec = {"key": key, "variant": v.name, "seed": seed, "run_id": out.run_id, "test": out.test,
                    "best_epoch": out.fit.best_epoch if out.fit else None,
-                   "samples_per_s": out.fit.samples_per_s if out.fit else None}
+                   "samples_per_s": out.fit.samples_per_s if out.fit else None,
+                   "by_popularity": out.by_popularity.to_dict("records") if out.by_popularity is not None else None}
             with done_file.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
             results.append(rec)

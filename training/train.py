@@ -54,6 +54,7 @@ class TrainOutcome:
     trainable_params: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     trained: SequenceModel | None = field(default=None, repr=False)  # the model itself, best epoch
+    by_popularity: pd.DataFrame | None = field(default=None, repr=False)  # see popularity_breakdown
 
 
 def default_backbone() -> Path:
@@ -171,6 +172,33 @@ def _activity_breakdown(cfg: EncoreConfig, data: Dataset, ranks: torch.Tensor, k
     return pd.DataFrame(rows)
 
 
+# Training plays of a track: 0 (cold: its ID row never trained), 1-5 (the tail, where content should
+# help), 6-20, over 20. The edges are the README's "listens on tracks with <= 5 plays".
+POPULARITY_BUCKETS = ((0, 0, "0"), (1, 5, "1-5"), (6, 20, "6-20"), (21, np.inf, ">20"))
+
+
+def popularity_breakdown(data: Dataset, ranks: torch.Tensor, ks: list[int]) -> pd.DataFrame:
+    """Test metrics by the training plays of the newest history item, and of the target.
+
+    Where content adds to co-listening is the tail: a rare track's ID vector has seen few updates.
+    Rows: facet ("newest item" | "target"), plays bucket, examples, hr@10, ndcg@10, mrr.
+    """
+    plays = np.zeros(len(data.vocab) + 1, dtype=np.int64)  # [n_items + 1], index 0 = padding
+    for seq in data.train.items:
+        np.add.at(plays, seq, 1)
+    facets = {"newest item": plays[data.test.items[:, -1].numpy()], "target": plays[data.test.targets.numpy()]}
+    rows = []
+    for facet, counts in facets.items():
+        for lo, hi, label in POPULARITY_BUCKETS:
+            sel = (counts >= lo) & (counts <= hi)
+            if not sel.any():
+                continue
+            m = metrics_from_ranks(ranks[torch.from_numpy(sel)], ks)
+            rows.append({"facet": facet, "plays": label, "examples": int(sel.sum()),
+                         **{k: m[k] for k in ("hr@10", "ndcg@10", "mrr") if k in m}})
+    return pd.DataFrame(rows)
+
+
 def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable | None = None,
           register: bool = True, log_model: bool = True, run_name: str | None = None, nested: bool = False,
           tags: dict[str, str] | None = None, max_epochs: int | None = None) -> TrainOutcome:
@@ -238,13 +266,15 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
             breakdown = _activity_breakdown(cfg, data, ranks, tc.eval.ks) if not nested else None
             if breakdown is not None:
                 breakdown.to_csv(t / "test_by_activity.csv", index=False)
+            by_popularity = popularity_breakdown(data, ranks, tc.eval.ks)
+            by_popularity.to_csv(t / "test_by_popularity.csv", index=False)
             mlflow.log_artifacts(str(t))
         version = tracking_log_model(cfg, model, data, register) if log_model else None
         if id_folder:
             mlflow.set_tag("encore.id_encoder", id_folder)
     outcome = TrainOutcome(run_id=run_id, model=tc.model, test=test, valid=valid, fit=result,
                            model_version=version, id_encoder=id_folder, trainable_params=trainable,
-                           info=dict(data.info), trained=model)
+                           info=dict(data.info), trained=model, by_popularity=by_popularity)
     # Finished: the checkpoints have served their purpose; the next run with this key starts afresh.
     shutil.rmtree(run_dir, ignore_errors=True)
     return outcome

@@ -119,3 +119,23 @@ def test_standard_format_names_a_bad_line(tmp_path: Path) -> None:
     bad.write_text("1 1 2\n7\n")
     with pytest.raises(DataError, match=r"bad.txt:2"):
         read_standard(bad)
+
+
+def test_popularity_breakdown_buckets_examples_by_training_plays_of_newest_item_and_target() -> None:
+    from training.train import popularity_breakdown
+
+    # Training plays: item 1 x7 (6-20); items 2-7 once (1-5); 8 and 9 never (0).
+    train = [[1, 1, 1, 1, 2], [1, 1, 1, 3], [4, 5], [6, 7]]
+    ds = loo_split(seqs(*[[*s, 9, 8] for s in train]), Vocab([str(i) for i in range(1, 10)]), max_len=3)
+    # Every test example: newest history item 9, target 8; the first two are then rewritten.
+    assert [s.tolist() for s in ds.train.items] == train
+    ds.test.items[0, -1], ds.test.targets[0] = 1, 2  # newest item popular (7 plays), target rare (1)
+    ds.test.items[1, -1], ds.test.targets[1] = 3, 1  # newest rare, target popular
+    ranks = torch.tensor([0, 20, 1, 3])  # hit@10 for examples 0, 2, 3
+    out = popularity_breakdown(ds, ranks, [10]).set_index(["facet", "plays"])
+    assert out.loc[("newest item", "6-20"), "examples"] == 1 and out.loc[("newest item", "6-20"), "hr@10"] == 1.0
+    assert out.loc[("newest item", "1-5"), "hr@10"] == 0.0
+    assert out.loc[("newest item", "0"), "examples"] == 2
+    assert out.loc[("target", "1-5"), "hr@10"] == 1.0 and out.loc[("target", "6-20"), "hr@10"] == 0.0
+    assert out.loc[("target", "0"), "mrr"] == pytest.approx((1 / 2 + 1 / 4) / 2)
+    assert ("target", ">20") not in out.index  # empty buckets are left out
