@@ -34,7 +34,7 @@ from training.data import Dataset, content_table, load_lake, user_context
 from training.metrics import evaluate_ranks, metrics_from_ranks
 from training.models import ID_ENCODERS, build_id_encoder, model_class
 from training.models.base import ContentTable, IdEncoder, SequenceModel
-from training.trainer import FitResult, fit, seed_everything
+from training.trainer import FitResult, fit, rng_preserved, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +94,20 @@ def id_encoder_for(cfg: EncoreConfig, data: Dataset, fingerprint: str) -> tuple[
     folder = Workspace.at(cfg.home).outputs / "id-encoders" / f"{kind}-{_key(kind, recipe, fingerprint)}"
     if (folder / "model.json").exists():
         log.info("ID encoder: reusing %s", folder)
-        return model_class(kind).load(folder), folder  # type: ignore[return-value]
-    id_cfg = cfg.model_copy(update={"train": tc.model_copy(update={"model": kind, "epochs": budget})})
-    log.info("ID encoder: training %s for E4SRec's item table", kind)
-    outcome = train(id_cfg, data=data, register=False, log_model=False, nested=True,
-                    run_name=f"{kind} (ID encoder)")
-    model = outcome.trained
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save(tmp)
-    tmp.rename(folder)
-    return model, folder
+    else:
+        id_cfg = cfg.model_copy(update={"train": tc.model_copy(update={"model": kind, "epochs": budget})})
+        log.info("ID encoder: training %s for E4SRec's item table", kind)
+        # Training draws from the global RNGs; E4SRec is built from them next. Without this, a run
+        # whose encoder was cached and the same run on a cold cache would start from different weights.
+        with rng_preserved():
+            outcome = train(id_cfg, data=data, register=False, log_model=False, nested=True,
+                            run_name=f"{kind} (ID encoder)")
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        outcome.trained.save(tmp)  # type: ignore[union-attr]
+        tmp.rename(folder)
+    # Loaded back either way, so both paths leave the RNGs in the same state.
+    return model_class(kind).load(folder), folder  # type: ignore[return-value]
 
 
 def build_model(cfg: EncoreConfig, data: Dataset, content: ContentTable | None,

@@ -61,6 +61,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Run a block without moving the global random states (python, numpy, torch) of the caller."""
+    py, nps = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng():
+        yield
+    random.setstate(py)
+    np.random.set_state(nps)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

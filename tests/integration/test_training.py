@@ -92,6 +92,27 @@ def test_early_stopping_keeps_the_best_epochs_weights(tmp_path: Path) -> None:
         assert len(result.history) - result.best_epoch == tc.patience
 
 
+def test_e4srec_starts_from_the_same_random_state_whether_its_id_encoder_was_cached(tmp_path: Path) -> None:
+    import random
+
+    from training.train import id_encoder_for
+    from training.trainer import seed_everything
+
+    data, _ = cyclic_data()
+    # Dropout: training the encoder draws from the global torch RNG.
+    tc = small_tc(model="e4srec", epochs=1, id={"hidden": 16, "inner": 32, "dropout": 0.3})
+    cfg = EncoreConfig(home=tmp_path).model_copy(update={"train": tc})
+    draws = []
+    for _ in range(2):  # cold cache (trains the encoder), then warm (loads it)
+        seed_everything(0)
+        encoder, folder = id_encoder_for(cfg, data, "fingerprint")
+        draws.append((torch.rand(4).tolist(), np.random.rand(), random.random(),
+                      encoder.item_embeddings().detach().clone()))
+    assert len(list(folder.parent.iterdir())) == 1  # trained once
+    assert draws[0][:3] == draws[1][:3]
+    assert torch.equal(draws[0][3], draws[1][3])
+
+
 @pytest.fixture(scope="module")
 def trained_home(featured_home: EncoreConfig, tmp_path_factory: pytest.TempPathFactory) -> EncoreConfig:
     return copy_home(featured_home, tmp_path_factory.mktemp("train") / "home")
