@@ -118,8 +118,7 @@ def build_model(cfg: EncoreConfig, data: Dataset, content: ContentTable | None,
     if tc.model in ID_ENCODERS:
         return build_id_encoder(tc.model, n, tc.max_len, tc.id.model_dump()), None
     if content is None:
-        content = content_table(cfg, data.vocab, tc.e4srec.modalities if tc.model == "e4srec"
-                                else ("lyrics", "audio", "meta"))
+        raise ValueError(f"{tc.model} needs the content table (train() reads it)")
     if tc.model == "content":
         if not content.vectors:
             raise ValueError("the content baseline needs content embeddings: run `encore embed` and "
@@ -207,8 +206,13 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
           tags: dict[str, str] | None = None, max_epochs: int | None = None) -> TrainOutcome:
     """Train, evaluate and track one ``cfg.train.model``; register it unless told not to."""
     tc = cfg.train
-    seed_everything(tc.seed)
+    # Inputs first, then the seed: read here (`encore train`) or passed in (the table), they leave
+    # the model the same random state to start from.
     data = data or load_lake(cfg)
+    if content is None and tc.model not in ID_ENCODERS:
+        content = content_table(cfg, data.vocab, tc.e4srec.modalities if tc.model == "e4srec"
+                                else ("lyrics", "audio", "meta"))
+    seed_everything(tc.seed)
     fingerprint = data_fingerprint(data)
     ws = Workspace.at(cfg.home)
     commit = tracking.git_commit()
