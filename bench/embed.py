@@ -106,7 +106,7 @@ def main() -> None:
     print(f"catalog: {n:,} tracks under {home}; {embeddings:,} embeddings per run (3 encoders)", flush=True)
 
     bare_s, _ = bare_loop(cfg, home)
-    from jobs.ray_session import get_ray
+    from encore.core.ray_session import get_ray
 
     t0 = time.perf_counter()
     get_ray(cfg.ray)

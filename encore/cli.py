@@ -507,6 +507,119 @@ def train(ctx: click.Context, no_register: bool, as_json: bool, **opts: Any) -> 
         click.echo(f"registered {cfg.mlflow.model_name} version {out.model_version} as @challenger")
 
 
+# --------------------------------------------------------------------------- registry
+def _print_decision(d: Any) -> None:
+    verb = {"promote": "PROMOTED" if d.acted else "would promote", "reject": "REJECTED", "noop": "nothing to do"}
+    click.echo(f"{d.model_name}: challenger v{d.challenger_version} vs champion "
+               f"{'v' + d.champion_version if d.champion_version else '(none)'}: "
+               f"{verb[d.decision]}{' (dry run)' if d.dry_run else ''}")
+    for g in d.gates:
+        click.echo(f"  [{'pass' if g.passed else 'FAIL'}] {g.name:<15} {g.detail}")
+    if d.challenger_metrics:
+        ks = sorted({int(k.split('@')[1]) for k in d.challenger_metrics if '@' in k})
+        rows = [(f"challenger v{d.challenger_version}", d.challenger_metrics)]
+        if d.champion_metrics:
+            rows.append((f"champion v{d.champion_version}", d.champion_metrics))
+        click.echo(f"  held-out users: {d.held_out_users:,} (newest listen each, the same for both)")
+        click.echo("  " + _metrics_table(rows, ks).replace("\n", "\n  "))
+    click.echo(f"  reason: {d.reason}")
+
+
+@cli.command()
+@click.option("--model", "model_name", help="Registered model. Default: mlflow.model_name (encore-recommender).")
+@click.option("--dry-run", is_flag=True, help="Evaluate and print the decision; move no alias, write no tag.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@click.pass_context
+def promote(ctx: click.Context, model_name: str | None, dry_run: bool, as_json: bool) -> None:
+    """Promote @challenger to @champion if it passes every gate of the promotion policy.
+
+    \b
+    Gates (mlflow/promotion.yaml, or mlflow.promotion_policy):
+      loads           the challenger's pyfunc and artifacts load from the registry
+      signature       it takes what scoring feeds (user_id, track_ids, completions)
+      item_map        its items are tracks of today's catalog (min_catalog_share)
+      metrics_finite  its held-out metrics are finite
+      better          its primary metric (ndcg@10) beats the champion's by > min_improvement
+    Both models are evaluated on the same held-out data (every user's newest listen, the history
+    before it) with the same metric code. A first promotion (no champion) needs the sanity gates
+    only. On promotion the old champion becomes @previous-champion. The decision, both metric sets
+    and the reason are recorded as tags on the challenger's version. Exit code 1 when rejected.
+    """
+    from training.promotion import PromotionError
+    from training.promotion import promote as run_promote
+
+    cfg = _config(ctx)
+    try:
+        d = run_promote(cfg, model_name, dry_run=dry_run)
+    except (PromotionError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(d.to_dict(), indent=2))
+    else:
+        _print_decision(d)
+    if d.decision == "reject":
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--model", "model_name", help="Registered model. Default: mlflow.model_name.")
+@click.pass_context
+def rollback(ctx: click.Context, model_name: str | None) -> None:
+    """Point @champion back at @previous-champion (the version the last promotion replaced)."""
+    from training.promotion import PromotionError
+    from training.promotion import rollback as run_rollback
+
+    try:
+        r = run_rollback(_config(ctx), model_name)
+    except PromotionError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{r.model_name}: @champion is v{r.champion_version} again (was v{r.rolled_back_version or '?'})")
+
+
+# --------------------------------------------------------------------------- scoring
+def _print_score(rep: Any) -> None:
+    click.echo(f"score run {rep.run_id} ({rep.seconds:.1f}s) for {rep.date}: {rep.model_name} v{rep.model_version} "
+               f"(run {rep.model_run_id[:12]}), {rep.mode} features as of {rep.feature_snapshot}")
+    click.echo(f"  users: {rep.users_known:,} known, {rep.users_active:,} active; ranked by the model "
+               f"{rep.users_model:,}, fallback (popular tracks) {rep.users_fallback:,}")
+    click.echo(f"  {rep.rows:,} rows, top {rep.top_k}, {rep.distinct_items:,} distinct tracks"
+               f"{'; pushed to the online store' if rep.pushed_online else ''}")
+    click.echo(f"recommendations: {rep.output}")
+
+
+@cli.command()
+@click.option("--date", "day", type=_DATE, help="Scoring date. Default: today (UTC), from the online store; "
+                                                 "a past date reads point-in-time features from the offline store.")
+@click.option("--top-k", type=click.IntRange(min=1), help="Recommendations per user. Default: scoring.top_k (100).")
+@click.option("--model", "model_name", help="Registered model. Default: mlflow.model_name.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def score(ctx: click.Context, day: Any, top_k: int | None, model_name: str | None, as_json: bool) -> None:
+    """Rank all tracks for every active user with the registry's @champion (Ray Data).
+
+    \b
+    Users: everyone with a listen in the 30 days up to the date (Feast `scoring` service).
+    Each Ray actor loads the champion once; every user gets the top K of the whole catalog, tracks
+    in their recent sequence masked (scoring.mask_heard). Users whose history holds no track the
+    model knows get the most played tracks of the last 7 days, flagged fallback=true.
+    Output: recommendations/date=YYYY-MM-DD/ (one row per user and rank, with model name, version,
+    run id, feature snapshot and scoring run id), swapped in whole: rerunning a date replaces it.
+    Tonight's lists are also pushed to Feast's online view user_recommendations.
+    """
+    from scoring.batch import ScoringError
+    from scoring.batch import score as run_score
+
+    cfg = _config(ctx)
+    try:
+        rep = run_score(cfg, day.date() if day else None, top_k, model_name)
+    except (ScoringError, WorkspaceBusy) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+    else:
+        _print_score(rep)
+
+
 # --------------------------------------------------------------------------- bench
 @cli.group()
 def bench() -> None:

@@ -2,6 +2,7 @@
 
 from feast import FeatureService
 from views.content import track_content_fv
+from views.recommendations import user_recommendations_fv
 from views.tracks import track_daily_fv
 from views.users import user_daily_fv, user_session_fv
 
@@ -37,5 +38,13 @@ track_content = FeatureService(
     name="track_content",
     features=[track_content_fv[["lyrics_embedding", "audio_embedding", "metadata_embedding", "genes"]]],
     description="Content embeddings per track, for building the model's item table.",
+    tags={"team": "encore", "version": "1"},
+)
+
+# What serving reads: tonight's list for a user id.
+recommendations = FeatureService(
+    name="recommendations",
+    features=[user_recommendations_fv],
+    description="Tonight's ranked recommendations per user (pushed by nightly scoring).",
     tags={"team": "encore", "version": "1"},
 )

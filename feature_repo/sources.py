@@ -9,7 +9,7 @@ store (cluster profile) reads the partitioned folder itself.
 import os
 from pathlib import Path
 
-from feast import FileSource
+from feast import FileSource, PushSource
 from feast.data_format import ParquetFormat
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
@@ -43,3 +43,10 @@ track_daily_source = _source("track_daily", "Track features as of the end of eac
 sessions_source = _source("sessions", "One row per session, stamped when the session is known to be over.")
 track_content_source = _source("track_content", "Content embeddings per track (current encoder versions).",
                                by_date=False, written_by="jobs/embed.py")
+
+# Nightly scoring's lists, one row per user and date. Scoring pushes each night's lists to the
+# online store through the push source and keeps them under lake/features/ for the offline side.
+user_recommendations_source = _source("user_recommendations", "Each night's top-K list per user.",
+                                      written_by="scoring/batch.py")
+user_recommendations_push = PushSource(name="user_recommendations_push", batch_source=user_recommendations_source,
+                                       description="Where `encore score` pushes tonight's lists (online).")

@@ -40,6 +40,8 @@ _DEFINITION_MODULES = ("entities", "sources", "services", "views")
 # CONTENT_VALID_FROM) are reloaded whole whenever the job that writes them has run again.
 VIEW_TABLES = {"user_daily": "user_daily", "user_session": "sessions", "track_daily": "track_daily"}
 STATIC_VIEW_TABLES = {"track_content": TRACK_CONTENT_TABLE}
+# Views whose online rows are pushed by the job that computes them, never materialized.
+PUSHED_VIEWS = {"user_recommendations": "pushed by `encore score`"}
 
 
 class FeastError(RuntimeError):
@@ -190,8 +192,11 @@ def materialize(cfg: EncoreConfig, end: date | None = None, views: Sequence[str]
     unknown = set(views or ()) - {v.name for v in chosen}
     if unknown:
         raise FeastError(f"no feature view(s) {', '.join(sorted(unknown))}; "
-                         f"have {', '.join(sorted({**VIEW_TABLES, **STATIC_VIEW_TABLES}))}")
+                         f"have {', '.join(sorted({**VIEW_TABLES, **STATIC_VIEW_TABLES, **PUSHED_VIEWS}))}")
     for fv in sorted(chosen, key=lambda v: v.name):
+        if fv.name in PUSHED_VIEWS:
+            report.views[fv.name] = {"skipped": PUSHED_VIEWS[fv.name]}
+            continue
         if fv.name in STATIC_VIEW_TABLES:
             report.views[fv.name] = _materialize_static(store, ws, fv, end_ts)
             continue

@@ -51,10 +51,10 @@ import requests
 
 from encore.core import atomic
 from encore.core.config import AnnotateConfig, ConfigError, EncoreConfig
+from encore.core.ray_session import get_ray, gpus_per_actor
 from encore.core.schemas import ANNOTATION_REASONS, GENE_SCALE, GENES
 from encore.core.workspace import Workspace
 from jobs.lake import newest_per_key, read_tracks
-from jobs.ray_session import get_ray, gpus_per_actor
 
 log = logging.getLogger(__name__)
 

@@ -250,7 +250,7 @@ def iter_encoded(cfg: EncoreConfig, specs: Sequence[EncoderSpec], todo: pa.Table
     at once; torch stages split ``embed.num_gpus`` where the cluster has GPUs. Yields output
     batches as they finish (in no particular order).
     """
-    from jobs.ray_session import get_ray, gpus_per_actor
+    from encore.core.ray_session import get_ray, gpus_per_actor
 
     ray = get_ray(cfg.ray)
     actors = cfg.embed.actors

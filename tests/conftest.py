@@ -78,7 +78,7 @@ def featured_home(tmp_path_factory: pytest.TempPathFactory, small_world, spark) 
 def ray_local():
     """One small local Ray for the whole run (two CPUs, a 256 MB object store)."""
     from encore.core.config import RayConfig
-    from jobs.ray_session import get_ray
+    from encore.core.ray_session import get_ray
 
     ray = get_ray(RayConfig(num_cpus=2, object_store_memory_mb=256))
     yield ray

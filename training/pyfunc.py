@@ -3,7 +3,8 @@
 Input DataFrame, one row per user:
     user_id: str, track_ids: list[str] (oldest first), completions: list[float] (optional; NaN =
     unknown, same length as track_ids)
-Output DataFrame: user_id, track_ids (top K, best first), scores (the model's logits for them).
+Output DataFrame: user_id, track_ids (top K, best first), scores (the model's logits for them),
+history_len (history items the model knows; 0 = nothing to rank from, the caller's fallback case).
 Params: ``k`` (default 10), ``mask_history`` (default: the training run's eval setting).
 
 Artifacts: ``model/`` (a ``SequenceModel.save`` folder, self-contained: E4SRec's backbone and
@@ -35,7 +36,7 @@ def signature(default_k: int, mask_history: bool) -> ModelSignature:
     inputs = Schema([ColSpec("string", "user_id"), ColSpec(Array("string"), "track_ids"),
                      ColSpec(Array("double"), "completions", required=False)])
     outputs = Schema([ColSpec("string", "user_id"), ColSpec(Array("string"), "track_ids"),
-                      ColSpec(Array("double"), "scores")])
+                      ColSpec(Array("double"), "scores"), ColSpec("long", "history_len")])
     params = ParamSchema([ParamSpec("k", "long", default_k), ParamSpec("mask_history", "boolean", mask_history)])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
@@ -46,7 +47,9 @@ class Recommender(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from training.models import load
 
-        self.model = load(Path(context.artifacts["model"]))
+        # A scoring actor given a GPU uses it; everywhere else the model stays on CPU.
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load(Path(context.artifacts["model"])).to(self.device).eval()
         meta = json.loads(Path(context.artifacts["vocab"]).read_text())
         self.track_ids = np.array(meta["track_ids"], dtype=object)
         self.index = {t: i + 1 for i, t in enumerate(meta["track_ids"])}
@@ -78,9 +81,9 @@ class Recommender(mlflow.pyfunc.PythonModel):
         with torch.no_grad():
             for start in range(0, len(encoded), self.batch_size):
                 chunk = encoded[start:start + self.batch_size]
-                items = torch.from_numpy(np.stack([e[1] for e in chunk]))
-                comp = torch.from_numpy(np.stack([e[2] for e in chunk]))
-                scores = self.model.score(items, comp).float()
+                items = torch.from_numpy(np.stack([e[1] for e in chunk])).to(self.device)
+                comp = torch.from_numpy(np.stack([e[2] for e in chunk])).to(self.device)
+                scores = self.model.score(items, comp).float()  # [B, items + 1]; column 0 is padding
                 if mask:
                     for row, (full, _, _) in enumerate(chunk):
                         if full:
@@ -88,10 +91,11 @@ class Recommender(mlflow.pyfunc.PythonModel):
                 top = torch.topk(scores, k=min(k, scores.shape[1] - 1), dim=1)
                 for vals, idx in zip(top.values, top.indices, strict=True):
                     ok = torch.isfinite(vals)
-                    out_ids.append(self.track_ids[(idx[ok] - 1).numpy()].tolist())
-                    out_scores.append(vals[ok].tolist())
+                    out_ids.append(self.track_ids[(idx[ok] - 1).cpu().numpy()].tolist())
+                    out_scores.append(vals[ok].cpu().tolist())
         return pd.DataFrame({"user_id": model_input["user_id"].astype(str).to_numpy(),
-                             "track_ids": out_ids, "scores": out_scores})
+                             "track_ids": out_ids, "scores": out_scores,
+                             "history_len": np.array([len(e[0]) for e in encoded], dtype=np.int64)})
 
 
 def log_recommender(model: SequenceModel, track_ids: list[str], max_len: int, mask_history: bool,

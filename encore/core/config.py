@@ -69,6 +69,8 @@ class MlflowConfig(_Section):
     artifact_location: str | None = Field(None, description="None = <home>/mlflow/artifacts")
     experiment: str = "encore"
     model_name: str = Field("encore-recommender", description="registered model that training writes to")
+    # None = mlflow/promotion.yaml of this repository (the gates `encore promote` applies).
+    promotion_policy: Path | None = Field(None, description="promotion policy YAML; None = mlflow/promotion.yaml")
 
 
 class IngestConfig(_Section):
@@ -242,6 +244,25 @@ class TrainConfig(_Section):
     eval: EvalSettings = Field(default_factory=EvalSettings)
 
 
+class ScoringConfig(_Section):
+    top_k: int = Field(100, ge=1, description="recommendations kept per user")
+    # "Heard" is what Feast serves as the user's recent sequence (features.sequence_length listens):
+    # re-recommending a track the user just played is noise; older favourites may come back.
+    mask_heard: bool = Field(True, description="never recommend a track in the user's recent sequence")
+    batch_size: int = Field(256, ge=1, description="users per model call inside an actor")
+    actors: int = Field(1, ge=1, description="scoring actors, each holding one copy of the champion")
+    num_gpus: float = Field(1.0, ge=0, description="GPUs per actor where the cluster has GPUs")
+    # Users whose history holds no track the champion knows get the most played tracks (plays_7d).
+    # A user is active, and scored, with a listen in the 30 days up to the scoring date (plays_30d).
+    min_plays_30d: int = Field(1, ge=1, description="plays in the last 30 days that make a user active")
+
+
+class NightlyConfig(_Section):
+    # New raw files land here: *profile*.tsv -> profiles, *.jsonl / *.parquet -> catalog, other
+    # *.tsv / *.tsv.gz -> listens. Each file is ingested once (by name, size and mtime).
+    inbox: Path | None = Field(None, description="folder of new raw files; None = <home>/inbox")
+
+
 class EncoreConfig(_Section):
     profile: str = Field("local", description="name shown in logs and reports")
     home: Path = Field(Path(".encore"), description="workspace: lake, Feast, MLflow, reports, outputs")
@@ -254,6 +275,8 @@ class EncoreConfig(_Section):
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    nightly: NightlyConfig = Field(default_factory=NightlyConfig)
 
     # -- derived values: kept as methods so the stored config stays exactly what the user wrote --
     def mlflow_tracking_uri(self) -> str:
@@ -289,7 +312,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 # Model and prompt paths a profile file may give relative to itself (like ``home``).
 _FILE_RELATIVE = (("embed", "text", "path"), ("embed", "audio", "path"), ("annotate", "model_path"),
                   ("annotate", "prompt"),
-                  ("train", "e4srec", "backbone"), ("train", "e4srec", "prompt"))
+                  ("train", "e4srec", "backbone"), ("train", "e4srec", "prompt"),
+                  ("mlflow", "promotion_policy"), ("nightly", "inbox"))
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:

@@ -117,3 +117,23 @@ GENE_GROUPS: dict[str, tuple[str, ...]] = {
 GENES: tuple[str, ...] = tuple(g for group in GENE_GROUPS.values() for g in group)
 GENE_SCALE = 5  # genes are scored on 0..5; stored divided by this
 assert len(GENES) == 58, len(GENES)
+
+# What nightly scoring feeds a registered model, one row per user (promotion checks a challenger's
+# signature against it): the Feast `scoring` service's recent_track_ids / recent_completions.
+SCORING_INPUT = {"user_id": "string", "track_ids": "Array(string)", "completions": "Array(double)"}
+
+# recommendations/date=YYYY-MM-DD/: one row per (user, rank), with the lineage of the list.
+RECOMMENDATION_COLUMNS = (
+    "user_id",  # string
+    "rank",  # int32, 1 = best
+    "track_id",  # string
+    "score",  # float64: the model's logit, or the track's plays in the fallback window
+    "fallback",  # bool: popular-in-last-N-days list, the user had no history the model knows
+    "model_name",  # string: registered model
+    "model_version",  # string
+    "model_run_id",  # string: the MLflow run that trained it
+    "feature_snapshot",  # timestamp[us, UTC]: the features' as-of time (online: materialized until)
+    "scoring_run_id",  # string: this scoring run
+)
+# Feast view of the same lists, one row per user (lake/features/user_recommendations/date=D/).
+USER_RECOMMENDATIONS_TABLE = "user_recommendations"

@@ -8,6 +8,9 @@
       lake/content/embeddings/encoder=E/version=V/run=R/  every computed embedding (the incremental cache)
       lake/content/annotations/run=R/       LLM gene annotations (cache); invalid ones in quarantine/annotations
       feast/  mlflow/  reports/<job>/  outputs/
+      recommendations/date=YYYY-MM-DD/      nightly scoring output, one folder per date (swapped in whole)
+      nightly/state-YYYY-MM-DD.json         which nightly steps finished for a date
+      inbox/                                new raw files for the nightly ingest (nightly.inbox)
       tmp/{staging,trash,journal}/          same filesystem as the lake, so renames are atomic
 """
 
@@ -84,6 +87,14 @@ class Workspace:
 
     def reports(self, job: str) -> Path:
         return self.home / "reports" / job
+
+    @property
+    def recommendations(self) -> Path:
+        return self.home / "recommendations"
+
+    @property
+    def nightly(self) -> Path:
+        return self.home / "nightly"
 
     @property
     def outputs(self) -> Path:

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 from encore.cli import cli
 from encore.core.config import AudioEncoderConfig, EmbedConfig
+from encore.core.ray_session import gpus_per_actor
 from jobs.embed import _uses_gpu
 from jobs.encoders import encoder_specs
-from jobs.ray_session import gpus_per_actor
 from tests.fixtures.content import write_catalog
 
 

@@ -1,4 +1,4 @@
-"""One way to get Ray, from the typed config: a local Ray by default, a cluster by address."""
+"""One way to get Ray, from the typed config: a local Ray by default, a cluster by address (jobs, scoring)."""
 
 from __future__ import annotations
 
