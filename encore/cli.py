@@ -620,6 +620,96 @@ def score(ctx: click.Context, day: Any, top_k: int | None, model_name: str | Non
         _print_score(rep)
 
 
+# --------------------------------------------------------------------------- nightly
+_STEPS = ("ingest", "features", "annotate", "embed", "materialize", "score", "report")
+
+
+@cli.command()
+@click.option("--date", "day", type=_DATE, help="The night to run. Default: today (UTC).")
+@click.option("--force", is_flag=True, help="Rerun every step, even those already done for the date.")
+@click.option("--until", type=click.Choice(_STEPS), help="Stop after this step (the rest stay pending).")
+@click.option("--inbox", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of new raw files. Default: nightly.inbox, else <home>/inbox.")
+@click.option("--json", "as_json", is_flag=True, help="Print the step records as JSON.")
+@click.pass_context
+def nightly(ctx: click.Context, day: Any, force: bool, until: str | None, inbox: Path | None, as_json: bool) -> None:
+    """The nightly job: new raw files in, tonight's recommendations and a run report out.
+
+    \b
+    Steps, each recorded as done in <home>/nightly/state-DATE.json:
+      ingest       new files in the inbox (listens *.tsv[.gz], *profile*.tsv, catalog .jsonl/.parquet)
+      features     incremental feature tables (sessions, completion, user and track days)
+      annotate     LLM genes for tracks without them (skipped unless annotate.backend is set)
+      embed        content embeddings of tracks not embedded yet
+      materialize  feast apply, then the online store up to the lake's last day
+      score        every active user with @champion -> recommendations/date=DATE/
+      report       reports/nightly-DATE.html and .json
+    A rerun for the same date resumes at the step that failed and skips finished ones (--force
+    reruns all). Exit codes: 0 done, 1 a step failed (named on stderr), 75 another nightly or
+    backfill holds this workspace.
+    """
+    from encore.nightly.pipeline import NightlyError, progress_printer
+    from encore.nightly.pipeline import nightly as run_nightly
+
+    cfg = _config(ctx)
+    if inbox is not None:
+        cfg = cfg.model_copy(update={"nightly": cfg.nightly.model_copy(update={"inbox": inbox.resolve()})})
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # engines print banners; stdout is for the result
+            res = run_nightly(cfg, day.date() if day else None, force=force, until=until,
+                              on_step=progress_printer())
+    except WorkspaceBusy as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(75)
+    except NightlyError as exc:
+        click.echo(f"Error: nightly {day.date() if day else 'today'}: {exc}\n"
+                   f"Finished steps are kept; rerun the same command to resume at '{exc.step}'.", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"date": res.date, "ran": res.ran, "skipped": res.skipped, "steps": res.steps},
+                              indent=2, default=str))
+        return
+    click.echo(f"nightly {res.date}: ran {', '.join(res.ran) or 'nothing'}"
+               + (f"; already done: {', '.join(res.skipped)}" if res.skipped else ""))
+    if res.recommendations:
+        click.echo(f"recommendations: {res.recommendations}")
+    if res.report_html:
+        click.echo(f"report: {res.report_html}\n        {res.report_json}")
+    click.echo(f"state: {res.state_file}")
+
+
+@cli.command()
+@click.option("--start", required=True, type=_DATE, help="First day to recompute (YYYY-MM-DD).")
+@click.option("--end", required=True, type=_DATE, help="Last day to recompute.")
+@click.pass_context
+def backfill(ctx: click.Context, start: Any, end: Any) -> None:
+    """Recompute the feature tables for a date range and reload the online store from its start.
+
+    For a fixed bug or a late file: the days in --start..--end are rebuilt exactly (the same run
+    twice gives the same files; days outside are not touched), then the online store is reloaded
+    from --start to the lake's last day, so it ends on the newest values. Takes the nightly lock.
+    """
+    from encore.nightly.pipeline import backfill as run_backfill
+    from jobs.features import FeaturesError
+
+    cfg = _config(ctx)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            out = run_backfill(cfg, start.date(), end.date())
+    except WorkspaceBusy as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(75)
+    except (FeaturesError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    f = out["features"]
+    click.echo(f"backfill {start.date()} .. {end.date()}: features run {f['run_id']} "
+               f"({f['mode']}, {f['seconds']:.1f}s)")
+    for name, t in f.get("tables", {}).items():
+        click.echo(f"  {name:<12} {t['rows']:>10,} rows  {t['partitions_written']:>4} partitions written")
+    m = out["materialize"]
+    click.echo(f"  online store reloaded up to {m['end']} ({m['seconds']:.1f}s)")
+
+
 # --------------------------------------------------------------------------- bench
 @cli.group()
 def bench() -> None:

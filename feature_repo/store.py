@@ -131,6 +131,7 @@ def apply(cfg: EncoreConfig) -> dict[str, list[str]]:
     _require_tables(Workspace.at(cfg.home))
     with _repo_env(cfg) as fs_yaml:
         repo_config = load_repo_config(REPO_DIR, fs_yaml)
+        _forget_foreign_tables(cfg, repo_config)
         with _quiet_stdout():
             # Source validation stats the path, which fails on a glob; _require_tables checked them.
             apply_total(repo_config, REPO_DIR, skip_source_validation=True)
@@ -140,6 +141,36 @@ def apply(cfg: EncoreConfig) -> dict[str, list[str]]:
         "feature_views": sorted(v.name for v in store.list_feature_views()),
         "feature_services": sorted(s.name for s in store.list_feature_services()),
     }
+
+
+def _forget_foreign_tables(cfg: EncoreConfig, repo_config: Any) -> None:
+    """Drop, from the registry's record, SQLite online tables that live in another workspace's file.
+
+    A copied or moved workspace carries a registry whose infra names the original ``online.db``.
+    Feast's apply diffs that infra against this workspace's and tears the "removed" tables down
+    through their own path: it would drop the tables of the workspace this one was copied from
+    (and then find none here). Forgetting them first makes apply only create tables here.
+    """
+    if cfg.feast.online_store.type != "sqlite" or not Path(cfg.feast_registry()).is_file():
+        return
+    from feast import FeatureStore
+
+    here = str(Workspace.at(cfg.home).feast / "online.db")
+    try:
+        registry = FeatureStore(config=repo_config).registry
+        proto = registry._get_registry_proto(project=cfg.feast.project, allow_cache=False)
+        objs = list(proto.infra.infra_objects)
+        kept = [o for o in objs if o.WhichOneof("infra_object") != "sqlite_table" or o.sqlite_table.path == here]
+        if len(kept) == len(objs):
+            return
+        del proto.infra.infra_objects[:]
+        proto.infra.infra_objects.extend(kept)
+        registry.cached_registry_proto = proto
+        registry.commit()
+        log.warning("feast registry named %d online table(s) of another workspace; forgot them (not dropped)",
+                    len(objs) - len(kept))
+    except Exception as exc:  # private registry API: if it moved, apply still runs as Feast does it
+        log.warning("could not check the registry's online tables: %s", exc)
 
 
 def open_store(cfg: EncoreConfig) -> Any:
@@ -174,12 +205,14 @@ def _source_rows(path: Path, start: datetime | None, end: datetime) -> int:
     return t.count_rows(filter=cond)
 
 
-def materialize(cfg: EncoreConfig, end: date | None = None, views: Sequence[str] | None = None) -> MaterializeReport:
+def materialize(cfg: EncoreConfig, end: date | None = None, views: Sequence[str] | None = None,
+                start: date | None = None) -> MaterializeReport:
     """Load the online store with every view's latest rows up to the end of day ``end``.
 
     Incremental: each view continues from where its last materialization stopped (the first one
     starts a TTL before ``end``). Default ``end``: the last day the feature tables hold - wall-clock
     "now" would be wrong for a lake whose data is from another year. ``views``: only these.
+    ``start`` (a backfill): reload the daily views from that day's rows on, whatever was loaded.
     """
     ws = Workspace.at(cfg.home)
     _require_tables(ws)
@@ -202,17 +235,21 @@ def materialize(cfg: EncoreConfig, end: date | None = None, views: Sequence[str]
             continue
         # Feast's own incremental mode starts a first run at wall-clock now - ttl, which skips a
         # lake whose data lies in the past: start from the data's end instead.
-        start = fv.most_recent_end_time or (end_ts - fv.ttl)
-        if start >= end_ts:
-            report.views[fv.name] = {"start": start.isoformat(), "end": end_ts.isoformat(), "source_rows": 0}
+        if start is not None:
+            # Day D's rows are stamped D+1 00:00: a start at D 00:00 takes them (and D-1's, unchanged).
+            start_ts = datetime(start.year, start.month, start.day, tzinfo=UTC)
+        else:
+            start_ts = fv.most_recent_end_time or (end_ts - fv.ttl)
+        if start_ts >= end_ts:
+            report.views[fv.name] = {"start": start_ts.isoformat(), "end": end_ts.isoformat(), "source_rows": 0}
             continue
         with _quiet_stdout():
-            store.materialize(start_date=start, end_date=end_ts, feature_views=[fv.name])
+            store.materialize(start_date=start_ts, end_date=end_ts, feature_views=[fv.name])
         report.views[fv.name] = {
-            "start": start.isoformat(), "end": end_ts.isoformat(),
-            "source_rows": _source_rows(ws.feature_table(VIEW_TABLES[fv.name]), start, end_ts),
+            "start": start_ts.isoformat(), "end": end_ts.isoformat(),
+            "source_rows": _source_rows(ws.feature_table(VIEW_TABLES[fv.name]), start_ts, end_ts),
         }
-        log.info("materialized %s: %s .. %s", fv.name, start, end_ts)
+        log.info("materialized %s: %s .. %s", fv.name, start_ts, end_ts)
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 

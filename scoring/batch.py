@@ -131,7 +131,9 @@ def popular_tracks(ws: Workspace, day: date, n: int) -> pd.DataFrame:
 
 
 def _day_end(d: date) -> datetime:
-    return datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=1) - timedelta(microseconds=1)
+    # The daily tables stamp "as of the end of day D" at D+1 00:00 (jobs/features.py), and so does
+    # materialize: a past date reads exactly what the online store held after that day's run.
+    return datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=1)
 
 
 def user_features(cfg: EncoreConfig, users: list[str], day: date, today: date) -> tuple[pd.DataFrame, str, str]:

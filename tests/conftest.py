@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from encore.core.config import EncoreConfig, SparkConfig
+from encore.core.config import EncoreConfig, SparkConfig, TrainConfig
 from encore.sample_world.generator import WorldConfig, WorldStats, generate_world
 
 # Small worlds keep the suite fast; the shapes are the production ones.
@@ -96,4 +96,35 @@ def content_store(featured_home: EncoreConfig, tmp_path_factory: pytest.TempPath
     cfg = cfg.model_copy(update={"embed": EmbedConfig(metadata="genes")})
     embed(cfg)
     store.apply(cfg)
+    return cfg
+
+
+NEW_USER = "user_new"
+NEW_TRACKS = [f"fresh-{i}" for i in range(4)]
+
+
+@pytest.fixture(scope="session")
+def champion_home(content_store: EncoreConfig, tmp_path_factory: pytest.TempPathFactory, spark) -> EncoreConfig:
+    """A SASRec champion trained on the world; then a new user who has heard only tracks released
+    since training arrives, and the online store is loaded."""
+    from feature_repo import store
+    from jobs.features import build_features
+    from jobs.ingest import IngestInputs, ingest
+    from training.promotion import promote
+    from training.train import train
+
+    home = tmp_path_factory.mktemp("scoring") / "home"
+    cfg = copy_home(content_store, home)
+    cfg = cfg.model_copy(update={
+        "train": TrainConfig.model_validate({"model": "sasrec", "epochs": 2, "max_len": 20, "batch_size": 32,
+                                             "id": {"hidden": 32, "inner": 64}})})
+    train(cfg)
+    assert promote(cfg).decision == "promote"
+    extra = home.parent / "new-user.tsv"
+    extra.write_text("".join(f"{NEW_USER}\t2009-05-04T1{i}:00:00Z\t\tNew Artist\t{t}\tNew Song {i}\n"
+                             for i, t in enumerate(NEW_TRACKS)))
+    ingest(cfg, IngestInputs(listens=(extra,)))
+    build_features(cfg)
+    store.apply(cfg)  # a copied workspace: its registry still names the original tables
+    store.materialize(cfg)
     return cfg

@@ -148,3 +148,20 @@ def test_the_feast_cli_reads_the_same_registry_from_feature_repo(applied: Encore
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "user_daily" in out.stdout and "track_daily" in out.stdout
+
+
+def test_applying_a_copied_workspace_leaves_the_originals_online_tables(applied: EncoreConfig, tmp_path: Path) -> None:
+    import sqlite3
+
+    def tables(cfg: EncoreConfig) -> set[str]:
+        with sqlite3.connect(Workspace.at(cfg.home).feast / "online.db") as con:
+            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    before = tables(applied)
+    assert "encore_user_daily" in before
+    copy = copy_home(applied, tmp_path / "copy")
+    store.apply(copy)
+    assert tables(applied) == before  # Feast alone would drop them through the copied registry
+    assert "encore_user_daily" in tables(copy)
+    user = _user_daily(applied)["user_id"].iloc[0]
+    assert store.online_features(copy, [user])["user_daily__plays_30d"][0] is not None

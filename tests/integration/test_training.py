@@ -154,6 +154,7 @@ def test_a_trained_model_is_tracked_registered_as_challenger_and_loads_back(trai
     assert not set(got["track_ids"][0]) & set(history_tracks)  # history masked
     assert all(np.diff(s).max() <= 0 for s in got["scores"])  # best first
     assert set(got["track_ids"][1]) <= set(item_ids)
+    assert list(got["history_len"]) == [5, 0]  # y's history holds no known track: scoring's fallback case
 
 
 def test_e4srec_on_a_tiny_llama_trains_with_content_from_feast_and_registers(content_store: EncoreConfig,

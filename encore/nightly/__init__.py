@@ -1,0 +1,1 @@
+"""The nightly orchestration (pipeline.py) and its run report (report.py): above every stage."""
