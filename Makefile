@@ -1,7 +1,8 @@
 # Encore: two commands on a fresh machine.
 #   make demo   set up .venv and run the main job end to end on a generated sample world:
-#               sample data -> ingest -> features -> annotate -> embed -> feast apply -> materialize
-#               -> summary -> train E4SRec (multimodal, DeepSpeed) -> MLflow registry (@challenger)
+#               sample data into the inbox -> nightly (ingest, features, annotate, embed, feast
+#               apply + materialize) -> train E4SRec (multimodal, DeepSpeed, @challenger) -> promote
+#               (@champion) -> nightly resumes (score every user with Ray, run report)
 #   make test   set up .venv and run the test suite (what .ci/run calls)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -35,17 +36,16 @@ $(STAMP): pyproject.toml constraints.txt
 	set -o pipefail; $(PIP) install -c constraints.txt -e '.[dev]' $(QUIET_PIP)
 	touch $(STAMP)
 
+# The sample world is the inbox: its listens, profiles and catalog are tonight's new raw files.
+# The first nightly stops before scoring (there is no champion yet); the second resumes there.
+# A rerun of `make demo` whose new model does not beat the champion keeps the champion.
 demo: $(STAMP)
 	$(BIN)/encore sample-data --out $(DEMO_WORLD) $(DEMO_ARGS)
-	$(BIN)/encore ingest --listens $(DEMO_WORLD)/userid-timestamp-artid-artname-traid-traname.tsv \
-	    --profiles $(DEMO_WORLD)/userid-profile.tsv --catalog $(DEMO_WORLD)/catalog.jsonl
-	$(BIN)/encore features
-	$(BIN)/encore annotate
-	$(BIN)/encore embed
-	$(BIN)/encore feast apply
-	$(BIN)/encore materialize
+	$(BIN)/encore nightly --inbox $(DEMO_WORLD) --until materialize
 	$(BIN)/encore summary
 	$(BIN)/encore train --model e4srec $(DEMO_TRAIN_ARGS)
+	$(BIN)/encore promote || echo "promotion declined: the current champion keeps scoring"
+	$(BIN)/encore nightly --inbox $(DEMO_WORLD)
 
 # ~1.9 hours on two cores: 27 E4SRec runs of ~3.5 minutes, then bench/tail.py's 4 runs (one seed).
 # The table resumes after a kill; bench/tail.py reruns its four.
@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/feature_store.py --home .encore/bench-features/u1000-t50000-d365-s0/home
 	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/score.py
 
 clean:
 	rm -rf .encore .pytest_cache

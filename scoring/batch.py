@@ -231,11 +231,37 @@ class ChampionScorer:
 
 # -- the job -------------------------------------------------------------------------------------
 
+def rank(cfg: EncoreConfig, champ: Champion, inputs: pd.DataFrame, k: int, popular: list[tuple[str, float]],
+         lineage: dict[str, Any]) -> Any:
+    """The lazy Ray Dataset of ranked rows (RECOMMENDATION_COLUMNS) for ``inputs`` (user_id,
+    track_ids, completions): a pool of ``scoring.actors`` ChampionScorer actors, each with one
+    pyfunc, on a GPU each where the cluster has GPUs."""
+    from encore.core.ray_session import get_ray, gpus_per_actor
+
+    ray = get_ray(cfg.ray)
+    actors = cfg.scoring.actors
+    node_cpus = max((n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
+    blocks = max(actors, int(np.ceil(len(inputs) / cfg.scoring.batch_size)))
+    dataset = ray.data.from_pandas(inputs).repartition(blocks)
+    return dataset.map_batches(
+        ChampionScorer,
+        fn_constructor_kwargs={
+            "champion": champ, "tracking_uri": cfg.mlflow_tracking_uri(),
+            "registry_uri": cfg.mlflow.registry_uri or cfg.mlflow_tracking_uri(), "top_k": k,
+            "mask_heard": cfg.scoring.mask_heard, "popular": popular, "lineage": lineage,
+            "threads": int(max(1, node_cpus // actors))},
+        batch_format="pandas",
+        batch_size=cfg.scoring.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        # One logical CPU per actor (torch uses `threads` cores): the rest runs the write tasks.
+        num_cpus=1,
+        num_gpus=gpus_per_actor(ray, cfg.scoring.num_gpus),
+    )
+
+
 def score(cfg: EncoreConfig, day: date | None = None, top_k: int | None = None,
           model_name: str | None = None) -> ScoreReport:
     """Score every active user for ``day`` (default today) and publish the date's lists atomically."""
-    from encore.core.ray_session import get_ray, gpus_per_actor
-
     ws = Workspace.at(cfg.home)
     today = datetime.now(UTC).date()
     day = day or today
@@ -267,28 +293,10 @@ def score(cfg: EncoreConfig, day: date | None = None, top_k: int | None = None,
         t = time.perf_counter()
         stage = ws.staging(run_id)
         staged = stage / "recommendations" / f"date={day.isoformat()}"
-        ray = get_ray(cfg.ray)
-        actors = cfg.scoring.actors
-        node_cpus = max((n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
         lineage = {"model_name": champ.name, "model_version": champ.version, "model_run_id": champ.run_id,
                    "feature_snapshot": rep.feature_snapshot, "scoring_run_id": run_id}
-        blocks = max(actors, int(np.ceil(len(active) / cfg.scoring.batch_size)))
-        dataset = ray.data.from_pandas(active[["user_id", "track_ids", "completions"]]).repartition(blocks)
-        ranked = dataset.map_batches(
-            ChampionScorer,
-            fn_constructor_kwargs={
-                "champion": champ, "tracking_uri": cfg.mlflow_tracking_uri(),
-                "registry_uri": cfg.mlflow.registry_uri or cfg.mlflow_tracking_uri(), "top_k": k,
-                "mask_heard": cfg.scoring.mask_heard,
-                "popular": list(zip(popular["track_id"].astype(str), popular["plays_7d"].astype(float), strict=True)),
-                "lineage": lineage, "threads": int(max(1, node_cpus // actors))},
-            batch_format="pandas",
-            batch_size=cfg.scoring.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            # One logical CPU per actor (torch uses `threads` cores): the rest runs the write tasks.
-            num_cpus=1,
-            num_gpus=gpus_per_actor(ray, cfg.scoring.num_gpus),
-        )
+        popular_list = list(zip(popular["track_id"].astype(str), popular["plays_7d"].astype(float), strict=True))
+        ranked = rank(cfg, champ, active[["user_id", "track_ids", "completions"]], k, popular_list, lineage)
         # write_parquet adds files to whatever the folder holds: it writes a fresh staging folder only.
         ranked.write_parquet(str(staged))
         rep.steps["rank_s"] = round(time.perf_counter() - t, 3)
