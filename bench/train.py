@@ -52,26 +52,16 @@ def make_llama(path: Path, hidden: int = 2048, layers: int = 16, heads: int = 32
 
 def worker(args: argparse.Namespace) -> dict:
     import torch
+    from _models import random_e4srec
 
-    from encore.core.config import E4SRecSettings, TrainConfig
-    from training.models.base import ContentTable
-    from training.models.e4srec import E4SRec
-    from training.train import PROMPTS, default_backbone
+    from encore.core.config import TrainConfig
     from training.trainer import deepspeed_config, single_process_env
 
-    torch.manual_seed(0)
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     n, L, B = args.items, args.max_len, args.batch_size
-    g = torch.Generator().manual_seed(1)
-    every = torch.ones(n + 1, dtype=torch.bool)
-    content = ContentTable(vectors={"lyrics": torch.randn(n + 1, 384, generator=g),
-                                    "meta": torch.rand(n + 1, 58, generator=g)},
-                           present={"lyrics": every, "meta": every})
-    settings = E4SRecSettings(modalities=["id", "lyrics", "meta", "completion"]).model_dump(mode="json")
-    model = E4SRec(n, str(args.backbone or default_backbone()), (PROMPTS / "e4srec_v1.txt").read_text(), settings,
-                   64, {"lyrics": 384, "meta": 58}, max_len=L)
-    model.set_item_tables(torch.randn(n + 1, 64, generator=g), content)
+    model = random_e4srec(n, args.backbone, max_len=L)
+    g = torch.Generator().manual_seed(2)
     batches = [{"items": torch.randint(1, n + 1, (B, L + 1), generator=g),
                 "completion": torch.rand(B, L + 1, generator=g)} for _ in range(args.steps + args.warmup)]
     tc = TrainConfig(batch_size=B, zero_stage=args.zero_stage, bf16=args.bf16, lr=1e-4)

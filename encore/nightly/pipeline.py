@@ -153,6 +153,38 @@ def _report(cfg: EncoreConfig, day: date, state: dict[str, Any]) -> dict[str, An
     return {"html": str(html), "json": str(js)}
 
 
+def _spark_running() -> bool:
+    if "pyspark" not in sys.modules:
+        return False
+    from pyspark import SparkContext
+
+    return SparkContext._active_spark_context is not None
+
+
+def _release_spark() -> None:
+    """Stop the Spark session and its JVM before the Ray and torch steps.
+
+    The JVM keeps its driver heap (spark.driver_memory) that the encoders and Ray's object store
+    want. Left running, its py4j connection is reset while Ray starts its local cluster, and
+    PySpark logs a Py4JNetworkError traceback in the middle of the night's log.
+    """
+    import gc
+
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        session.stop()
+    gateway = SparkContext._gateway
+    if gateway is not None:
+        gateway.shutdown()
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+    gc.collect()
+    log.info("stopped the Spark session before the Ray steps")
+
+
 _RUNNERS: dict[str, Callable[[EncoreConfig, date], dict[str, Any]]] = {
     "ingest": _ingest, "features": _features, "annotate": _annotate, "embed": _embed,
     "materialize": _materialize, "score": _score,
@@ -188,7 +220,11 @@ def nightly(cfg: EncoreConfig, day: date | None = None, force: bool = False, unt
         result = NightlyResult(day.isoformat(), path)
         state["runs"].append({"started": datetime.now(UTC).isoformat(), "force": force, "until": until})
         todo = STEPS[: STEPS.index(until) + 1] if until else STEPS
+        # A session someone else started (a notebook, the test suite) is theirs to stop.
+        own_spark = not _spark_running()
         for name in todo:
+            if name in ("annotate", "embed") and own_spark and _spark_running():
+                _release_spark()
             prev = state["steps"].get(name, {})
             if prev.get("status") in ("done", "skipped") and not force:
                 result.skipped.append(name)
