@@ -272,7 +272,10 @@ def score(cfg: EncoreConfig, day: date | None = None, top_k: int | None = None,
     t0 = time.perf_counter()
     with ws.lock("score"):
         rep = ScoreReport(run_id=run_id, date=day.isoformat(), mode="", top_k=k)
-        rep.recovered_publications = recover(ws.journals)
+        # Scoring's own journal folder: it writes no table another job writes, and recovering
+        # another job's journal here would race that job (which holds the lake lock, not this one).
+        journals = ws.journals / "score"
+        rep.recovered_publications = recover(journals)
         champ = resolve_champion(cfg, model_name)
         rep.model_name, rep.model_version, rep.model_run_id = champ.name, champ.version, champ.run_id
 
@@ -311,7 +314,7 @@ def score(cfg: EncoreConfig, day: date | None = None, top_k: int | None = None,
         trash = ws.trash / run_id
         publish_run([Swap(staged, live, trash / "recommendations"),
                      Swap(feast_staged, feast_live, trash / USER_RECOMMENDATIONS_TABLE)],
-                    ws.journals, stage, trash)
+                    journals, stage, trash)
         rep.output = str(live)
         rep.users_model = int((~per_user["fallback"]).sum())
         rep.users_fallback = int(per_user["fallback"].sum())
