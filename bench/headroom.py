@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from encore.core.config import load_config  # noqa: E402
-from training.data import load_lake  # noqa: E402
+from training.data import load_lake, training_plays  # noqa: E402
 from training.metrics import full_ranking_ranks, metrics_from_ranks  # noqa: E402
 
 
@@ -48,9 +48,7 @@ def main() -> None:
     style = np.full(n, -1, dtype=np.int64)  # [n+1]; -1: padding or a track the truth lacks
     style[1:] = truth.reindex(data.vocab.track_ids).fillna(-1).to_numpy(dtype=np.int64)
 
-    plays = np.zeros(n)  # training plays per item [n+1]
-    for seq in data.train.items:
-        np.add.at(plays, seq, 1)
+    plays = training_plays(data).astype(np.float64)  # training plays per item [n+1]
     test = data.test
     newest = test.items[:, -1].numpy()  # [N]: left-padded histories, newest last
     same_style = style[newest][:, None] == style[None, :]  # [N, n+1]

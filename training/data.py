@@ -127,6 +127,14 @@ def read_listens(cfg: EncoreConfig) -> pd.DataFrame:
         return con.sql(sql).df()
 
 
+def training_plays(data: Dataset) -> np.ndarray:
+    """How often each item occurs in the training sequences: [n_items + 1] int64, index 0 = padding."""
+    plays = np.zeros(len(data.vocab) + 1, dtype=np.int64)
+    for seq in data.train.items:
+        np.add.at(plays, seq, 1)
+    return plays
+
+
 def vocabulary(track_lists: list[list[str]] | pd.Series, min_plays: int) -> Vocab:
     """Tracks played at least ``min_plays`` times, most played first (ties by id: deterministic)."""
     counts: dict[str, int] = {}

@@ -30,7 +30,7 @@ import mlflow
 from encore.core.config import EncoreConfig
 from encore.core.workspace import Workspace
 from training import tracking
-from training.data import Dataset, content_table, load_lake, user_context
+from training.data import Dataset, content_table, load_lake, training_plays, user_context
 from training.metrics import evaluate_ranks, metrics_from_ranks
 from training.models import ID_ENCODERS, build_id_encoder, model_class
 from training.models.base import ContentTable, IdEncoder, SequenceModel
@@ -185,9 +185,7 @@ def popularity_breakdown(data: Dataset, ranks: torch.Tensor, ks: list[int]) -> p
     Where content adds to co-listening is the tail: a rare track's ID vector has seen few updates.
     Rows: facet ("newest item" | "target"), plays bucket, examples, hr@10, ndcg@10, mrr.
     """
-    plays = np.zeros(len(data.vocab) + 1, dtype=np.int64)  # [n_items + 1], index 0 = padding
-    for seq in data.train.items:
-        np.add.at(plays, seq, 1)
+    plays = training_plays(data)  # [n_items + 1]
     facets = {"newest item": plays[data.test.items[:, -1].numpy()], "target": plays[data.test.targets.numpy()]}
     rows = []
     for facet, counts in facets.items():
