@@ -27,6 +27,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from encore.core import faults
 from encore.core.atomic import Swap, new_run_id, publish_run, recover, write_report
 from encore.core.config import EncoreConfig
 from encore.core.schemas import RECOMMENDATION_COLUMNS, USER_RECOMMENDATIONS_TABLE
@@ -309,6 +310,7 @@ def score(cfg: EncoreConfig, day: date | None = None, top_k: int | None = None,
         feast_staged = stage / USER_RECOMMENDATIONS_TABLE / f"date={day.isoformat()}"
         feast_staged.mkdir(parents=True, exist_ok=True)
         per_user.to_parquet(feast_staged / "part-0.parquet", index=False)
+        faults.point("score.staged")  # kill test: everything staged, nothing published
         live = ws.recommendations / f"date={day.isoformat()}"
         feast_live = ws.feature_table(USER_RECOMMENDATIONS_TABLE) / f"date={day.isoformat()}"
         trash = ws.trash / run_id
