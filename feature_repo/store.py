@@ -191,7 +191,8 @@ def open_store(cfg: EncoreConfig) -> Any:
     return store
 
 
-def _day_end(d: date) -> datetime:
+def day_end(d: date) -> datetime:
+    """The end of day ``d`` as the daily tables stamp it: D+1 00:00 UTC (jobs/features.py)."""
     return datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=1)
 
 
@@ -218,7 +219,7 @@ def materialize(cfg: EncoreConfig, end: date | None = None, views: Sequence[str]
     _require_tables(ws)
     store = open_store(cfg)
     last = max(date.fromisoformat(partitions(ws.feature_table(t))[-1]) for t in VIEW_TABLES.values())
-    end_ts = _day_end(end or last)
+    end_ts = day_end(end or last)
     report = MaterializeReport(end=end_ts.isoformat())
     t0 = time.perf_counter()
     chosen = [v for v in store.list_feature_views() if views is None or v.name in views]
@@ -333,5 +334,5 @@ def online_features(cfg: EncoreConfig, ids: Sequence[str], service: str = "scori
     return pd.DataFrame(resp.to_dict())
 
 
-__all__ = ["FeastError", "MaterializeReport", "apply", "feast_files", "materialize", "online_features",
+__all__ = ["FeastError", "MaterializeReport", "apply", "day_end", "feast_files", "materialize", "online_features",
            "open_store", "training_examples"]

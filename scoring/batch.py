@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,7 @@ def resolve_champion(cfg: EncoreConfig, model_name: str | None = None) -> Champi
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(cfg.mlflow_tracking_uri())
-    mlflow.set_registry_uri(cfg.mlflow.registry_uri or cfg.mlflow_tracking_uri())
+    mlflow.set_registry_uri(cfg.mlflow_registry_uri())
     name = model_name or cfg.mlflow.model_name
     try:
         mv = MlflowClient().get_model_version_by_alias(name, CHAMPION)
@@ -131,18 +131,12 @@ def popular_tracks(ws: Workspace, day: date, n: int) -> pd.DataFrame:
         return con.execute(sql, [files, n]).df()
 
 
-def _day_end(d: date) -> datetime:
-    # The daily tables stamp "as of the end of day D" at D+1 00:00 (jobs/features.py), and so does
-    # materialize: a past date reads exactly what the online store held after that day's run.
-    return datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=1)
-
-
 def user_features(cfg: EncoreConfig, users: list[str], day: date, today: date) -> tuple[pd.DataFrame, str, str]:
     """The `scoring` service for ``users``: online for today, point in time at the end of a past day.
 
     Returns (frame with user_id, track_ids, completions, plays_30d; feature snapshot; mode).
     """
-    from feature_repo.store import FeastError, online_features, open_store, training_examples
+    from feature_repo.store import FeastError, day_end, online_features, open_store, training_examples
 
     try:
         store = open_store(cfg)
@@ -162,7 +156,8 @@ def user_features(cfg: EncoreConfig, users: list[str], day: date, today: date) -
                                "run `encore materialize`") from None
         snapshot, mode = fv.most_recent_end_time.astimezone(UTC).isoformat(), "online"
     else:
-        at = _day_end(day)
+        # As materialize stamps it: a past date reads what the online store held after that day.
+        at = day_end(day)
         raw = training_examples(cfg, pd.DataFrame({"user_id": users, "event_timestamp": at}), service=SERVICE)
         snapshot, mode = at.isoformat(), "point-in-time"
     frame = pd.DataFrame({
@@ -248,7 +243,7 @@ def rank(cfg: EncoreConfig, champ: Champion, inputs: pd.DataFrame, k: int, popul
         ChampionScorer,
         fn_constructor_kwargs={
             "champion": champ, "tracking_uri": cfg.mlflow_tracking_uri(),
-            "registry_uri": cfg.mlflow.registry_uri or cfg.mlflow_tracking_uri(), "top_k": k,
+            "registry_uri": cfg.mlflow_registry_uri(), "top_k": k,
             "mask_heard": cfg.scoring.mask_heard, "popular": popular, "lineage": lineage,
             "threads": int(max(1, node_cpus // actors))},
         batch_format="pandas",

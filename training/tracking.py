@@ -33,7 +33,7 @@ def configure(cfg: EncoreConfig) -> str:
     if cfg.mlflow.tracking_uri is None:
         (cfg.home / "mlflow").mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(cfg.mlflow_tracking_uri())
-    mlflow.set_registry_uri(cfg.mlflow.registry_uri or cfg.mlflow_tracking_uri())
+    mlflow.set_registry_uri(cfg.mlflow_registry_uri())
     exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
     if exp is None:
         exp_id = mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.mlflow_artifact_location())

@@ -282,6 +282,9 @@ class EncoreConfig(_Section):
     def mlflow_tracking_uri(self) -> str:
         return self.mlflow.tracking_uri or f"sqlite:///{self.home.resolve() / 'mlflow' / 'mlflow.db'}"
 
+    def mlflow_registry_uri(self) -> str:
+        return self.mlflow.registry_uri or self.mlflow_tracking_uri()
+
     def mlflow_artifact_location(self) -> str:
         return self.mlflow.artifact_location or (self.home.resolve() / "mlflow" / "artifacts").as_uri()
 
@@ -294,7 +297,7 @@ class EncoreConfig(_Section):
         data["home"] = str(self.home.resolve())
         data["feast"]["registry"] = self.feast_registry()
         data["mlflow"]["tracking_uri"] = self.mlflow_tracking_uri()
-        data["mlflow"]["registry_uri"] = self.mlflow.registry_uri or self.mlflow_tracking_uri()
+        data["mlflow"]["registry_uri"] = self.mlflow_registry_uri()
         data["mlflow"]["artifact_location"] = self.mlflow_artifact_location()
         return data
 

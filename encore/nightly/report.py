@@ -113,7 +113,7 @@ def _champion(cfg: EncoreConfig, score: dict[str, Any]) -> dict[str, Any]:
         from mlflow import MlflowClient
 
         mlflow.set_tracking_uri(cfg.mlflow_tracking_uri())
-        mlflow.set_registry_uri(cfg.mlflow.registry_uri or cfg.mlflow_tracking_uri())
+        mlflow.set_registry_uri(cfg.mlflow_registry_uri())
         client = MlflowClient()
         run = client.get_run(score["model_run_id"])
         out["test_metrics"] = {k[len("test_"):].replace("_at_", "@"): v for k, v in run.data.metrics.items()
