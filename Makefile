@@ -24,7 +24,7 @@ TABLE_HOME ?= $(CURDIR)/.encore/table
 TABLE_WORLD_ARGS ?= --users 500 --tracks 12000 --days 3 --clips 1000 --seed 11
 TABLE_ARGS ?= --epochs 8 --id-epochs 30 --batch-size 32
 
-.PHONY: demo test venv bench lint clean table
+.PHONY: demo test venv bench lint clean table redis-server
 
 venv: $(STAMP)
 
@@ -60,8 +60,15 @@ table: $(STAMP)
 	$(BIN)/encore bench table $(TABLE_ARGS); \
 	$(BIN)/python bench/tail.py $(TABLE_ARGS)
 
-test: $(STAMP)
+# The cluster tests (tests/cluster) run Redis as Feast's online store: Debian's redis-server.
+test: $(STAMP) redis-server
 	$(BIN)/pytest
+
+redis-server:
+	@command -v redis-server >/dev/null || { echo "installing redis-server for the cluster tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q redis-server >/dev/null || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q redis-server >/dev/null; }; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

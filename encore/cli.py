@@ -33,6 +33,9 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Third-party deprecation notices (ibis inside Feast) say nothing to an Encore user.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # Feast's Spark offline store (cluster profile) warns on every use that it is "alpha".
+    warnings.filterwarnings("ignore", message=r"The spark (data source API|offline store) is an experimental",
+                            category=RuntimeWarning)
 
 
 def _config(ctx: click.Context) -> EncoreConfig:

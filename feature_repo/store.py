@@ -69,8 +69,10 @@ def feast_files(cfg: EncoreConfig) -> tuple[Path, Path]:
     }
     off = cfg.feast.offline_store
     if off.type == "spark":
-        store["offline_store"] = {"type": "spark", "spark_conf": {
-            "spark.master": cfg.spark.master, "spark.sql.session.timeZone": "UTC", **off.spark_conf}}
+        from jobs.spark import session_conf
+
+        # Feast starts its own session when none is active: the same settings as the feature jobs'.
+        store["offline_store"] = {"type": "spark", "spark_conf": {**session_conf(cfg.spark), **off.spark_conf}}
     else:
         store["offline_store"] = {"type": "duckdb"}
     on = cfg.feast.online_store

@@ -66,7 +66,8 @@ class FeastConfig(_Section):
 class MlflowConfig(_Section):
     tracking_uri: str | None = Field(None, description="None = sqlite:///<home>/mlflow/mlflow.db")
     registry_uri: str | None = Field(None, description="None = the tracking URI")
-    artifact_location: str | None = Field(None, description="None = <home>/mlflow/artifacts")
+    artifact_location: str | None = Field(
+        None, description="None = <home>/mlflow/artifacts; with a tracking server, the server's own store")
     experiment: str = "encore"
     model_name: str = Field("encore-recommender", description="registered model that training writes to")
     # None = mlflow/promotion.yaml of this repository (the gates `encore promote` applies).
@@ -285,8 +286,14 @@ class EncoreConfig(_Section):
     def mlflow_registry_uri(self) -> str:
         return self.mlflow.registry_uri or self.mlflow_tracking_uri()
 
-    def mlflow_artifact_location(self) -> str:
-        return self.mlflow.artifact_location or (self.home.resolve() / "mlflow" / "artifacts").as_uri()
+    def mlflow_artifact_location(self) -> str | None:
+        """Where a new experiment keeps artifacts. A tracking server decides itself (None): its
+        ``--artifacts-destination`` proxies them, so no client needs the store's credentials."""
+        if self.mlflow.artifact_location:
+            return self.mlflow.artifact_location
+        if self.mlflow_tracking_uri().startswith(("http://", "https://", "databricks")):
+            return None
+        return (self.home.resolve() / "mlflow" / "artifacts").as_uri()
 
     def feast_registry(self) -> str:
         return self.feast.registry or str(self.home.resolve() / "feast" / "registry.db")
