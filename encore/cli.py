@@ -162,6 +162,8 @@ def _print_table_report(name: str, rep: Any) -> None:
     if rep.partitions_written:
         p = rep.partitions_written
         click.echo(f"  partitions written   {len(p):>12,}  ({p[0]} .. {p[-1]})")
+    for w in rep.warnings:
+        click.echo(f"  warning: {w}")
 
 
 @cli.command()
@@ -565,7 +567,8 @@ def promote(ctx: click.Context, model_name: str | None, dry_run: bool, as_json: 
 
 
 @cli.command()
-@click.option("--model", "model_name", help="Registered model. Default: mlflow.model_name.")
+@click.option("--model", "model_name", help="Registered model name (never a path: models load only from the "
+                                             "configured registry). Default: mlflow.model_name.")
 @click.pass_context
 def rollback(ctx: click.Context, model_name: str | None) -> None:
     """Point @champion back at @previous-champion (the version the last promotion replaced)."""
@@ -574,7 +577,7 @@ def rollback(ctx: click.Context, model_name: str | None) -> None:
 
     try:
         r = run_rollback(_config(ctx), model_name)
-    except PromotionError as exc:
+    except (PromotionError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{r.model_name}: @champion is v{r.champion_version} again (was v{r.rolled_back_version or '?'})")
 
@@ -594,7 +597,8 @@ def _print_score(rep: Any) -> None:
 @click.option("--date", "day", type=_DATE, help="Scoring date. Default: today (UTC), from the online store; "
                                                  "a past date reads point-in-time features from the offline store.")
 @click.option("--top-k", type=click.IntRange(min=1), help="Recommendations per user. Default: scoring.top_k (100).")
-@click.option("--model", "model_name", help="Registered model. Default: mlflow.model_name.")
+@click.option("--model", "model_name", help="Registered model name (never a path: models load only from the "
+                                             "configured registry). Default: mlflow.model_name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def score(ctx: click.Context, day: Any, top_k: int | None, model_name: str | None, as_json: bool) -> None:
@@ -615,7 +619,7 @@ def score(ctx: click.Context, day: Any, top_k: int | None, model_name: str | Non
     cfg = _config(ctx)
     try:
         rep = run_score(cfg, day.date() if day else None, top_k, model_name)
-    except (ScoringError, WorkspaceBusy) as exc:
+    except (ScoringError, WorkspaceBusy, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2))

@@ -49,7 +49,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import requests
 
-from encore.core import atomic
+from encore.core import atomic, faults
 from encore.core.config import AnnotateConfig, ConfigError, EncoreConfig
 from encore.core.ray_session import get_ray, gpus_per_actor
 from encore.core.schemas import ANNOTATION_REASONS, GENE_SCALE, GENES
@@ -68,6 +68,12 @@ BATCH_SIZE = 4  # tracks per actor call: an LLM answer takes seconds, so small b
 BLOCKS_PER_ACTOR = 4  # blocks are the unit Ray hands to actors; a few per actor evens out slow ones
 HTTP_ACTOR_CPUS = 0.25  # an http actor waits on the server; a whole CPU each would cap concurrency
 GENE_SET = frozenset(GENES)
+# Model output is untrusted data. A valid answer is ~1.5k characters (58 "gene": n pairs), a chatty
+# one a few thousand: anything past these is a runaway generation or a hostile server, rejected
+# before it is parsed (the parser tries every "{", so its cost grows with the text) or stored.
+MAX_ANSWER_CHARS = 32_000
+MAX_RESPONSE_BYTES = 1_000_000  # an HTTP body (JSON envelope included) read at most this far
+RAW_TEXT_KEPT = 4_000  # of a rejected answer, kept in quarantine for a person to read
 _DETAIL_KEYS = 5  # gene names listed in an error detail before "..."
 
 VALID_SCHEMA = pa.schema([
@@ -175,6 +181,8 @@ def _first_json_object(text: str) -> dict[str, Any] | None:
         except json.JSONDecodeError:
             start = text.find("{", start + 1)
             continue
+        except RecursionError:  # thousands of nested brackets: hostile or broken, never genes
+            return None
         return obj
     return None
 
@@ -195,9 +203,11 @@ def _is_score(v: object) -> bool:
 def parse_answer(text: str) -> list[float]:
     """The 58 gene scores in GENES order, each in [0, 1] (score / GENE_SCALE), or InvalidAnswer.
 
-    Checked in order: a JSON object exists (no_json), every gene is in it (missing_genes), nothing
-    else is (unknown_genes), every value is an integer 0..5 (bad_value).
+    Checked in order: not absurdly long (too_long), a JSON object exists (no_json), every gene is in
+    it (missing_genes), nothing else is (unknown_genes), every value is an integer 0..5 (bad_value).
     """
+    if len(text) > MAX_ANSWER_CHARS:
+        raise InvalidAnswer("too_long", f"{len(text):,} characters (at most {MAX_ANSWER_CHARS:,})")
     obj = _first_json_object(text)
     if obj is None:
         raise InvalidAnswer("no_json", "no JSON object in the answer")
@@ -237,20 +247,33 @@ class HttpBackend:
         body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
                 "temperature": self.temperature, "max_tokens": self.max_tokens}
         try:
-            r = self.session.post(self.endpoint, json=body, headers=self.headers, timeout=self.timeout_s)
+            with self.session.post(self.endpoint, json=body, headers=self.headers, timeout=self.timeout_s,
+                                   stream=True) as r:
+                raw = _read_capped(r, MAX_RESPONSE_BYTES)
         except requests.Timeout as exc:
             raise BackendTimeout(f"no answer from {self.endpoint} within {self.timeout_s}s") from exc
         except requests.RequestException as exc:
             raise BackendError(f"{type(exc).__name__}: {exc}") from exc
+        text = raw.decode("utf-8", errors="replace")
         if not r.ok:
-            raise BackendError(f"HTTP {r.status_code} from {self.endpoint}: {r.text[:300]}")
+            raise BackendError(f"HTTP {r.status_code} from {self.endpoint}: {text[:300]}")
         try:
-            content = r.json()["choices"][0]["message"]["content"]
+            content = json.loads(text)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise BackendError(f"malformed chat-completions response: {r.text[:300]}") from exc
+            raise BackendError(f"malformed chat-completions response: {text[:300]}") from exc
         if not isinstance(content, str):
             raise BackendError(f"answer content is {type(content).__name__}, not text")
         return content
+
+
+def _read_capped(r: requests.Response, limit: int) -> bytes:
+    """The response body, or BackendError once it passes ``limit`` bytes (the rest is never read)."""
+    buf = bytearray()
+    for chunk in r.iter_content(chunk_size=65536):
+        buf += chunk
+        if len(buf) > limit:
+            raise BackendError(f"response from the server passed {limit:,} bytes; not read further")
+    return bytes(buf)
 
 
 class LocalBackend:
@@ -269,7 +292,8 @@ class LocalBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         # GPU: the checkpoint's own dtype (usually bf16). CPU: float32, which every CPU kernel has.
         dtype = "auto" if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype,
+                                                          use_safetensors=True)  # no pickles
         self.model.to(self.device).eval()
         self.max_new_tokens = acfg.max_new_tokens
         self.temperature = acfg.temperature
@@ -345,6 +369,7 @@ def annotate_track(backend: Backend, prompt: str, max_attempts: int) -> dict[str
             genes = parse_answer(raw)
         except InvalidAnswer as exc:
             reason, detail = exc.reason, exc.detail
+            raw = raw[:RAW_TEXT_KEPT]
             if backend.deterministic:
                 return dict(genes=None, reason=reason, raw_text=raw, attempts=attempt, detail=detail)
             continue
@@ -470,6 +495,7 @@ def _publish(ws: Workspace, run_id: str, results: pa.Table, version: str, model:
         live = ws.quarantine("annotations") / f"run={run_id}"
         _stage(bad, stage / "quarantine" / f"run={run_id}")
         swaps.append(atomic.Swap(stage / "quarantine" / f"run={run_id}", live, ws.trash / run_id / "quarantine"))
+    faults.point("annotate.staged")  # kill test: answers staged, nothing published
     atomic.publish_run(swaps, ws.journals, stage, ws.trash / run_id)
 
 

@@ -175,7 +175,8 @@ class TextEncoder:
 
             self._st = None
             self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self._model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+            # safetensors only: a pickled .bin in a model folder could run code when loaded.
+            self._model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True).to(device).eval()
             self._max_len = cfg.max_seq_length
             self.dim = int(self._model.config.hidden_size)
 
@@ -447,7 +448,8 @@ class PretrainedAudioEncoder(_AudioBase):
         assert cfg.path is not None
         self.cfg, self.device = cfg, device
         self.extractor = AutoFeatureExtractor.from_pretrained(cfg.path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(cfg.path, local_files_only=True).to(device).eval()
+        self.model = AutoModel.from_pretrained(cfg.path, local_files_only=True,
+                                               use_safetensors=True).to(device).eval()
         self.target_sr = int(self.extractor.sampling_rate)
         conf = self.model.config
         self.dim = int(getattr(conf, "projection_dim", None) if hasattr(self.model, "get_audio_features")

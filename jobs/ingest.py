@@ -71,6 +71,19 @@ class TableReport:
     added: int = 0  # new rows (new keys)
     replaced: int = 0  # rows whose key existed with other values (tracks, users)
     partitions_written: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what a person should look at (empty input, ...)
+
+    def check(self, table: str) -> None:
+        """Warn about input that ingested "fine" but is almost certainly not what was meant."""
+        data_rows = self.rows_read - self.header_lines
+        if data_rows == 0:
+            self.warnings.append(f"{table}: the input holds no rows; nothing added")
+        elif self.quarantined_total == data_rows:
+            top = max(self.quarantined, key=self.quarantined.__getitem__)
+            self.warnings.append(f"{table}: every one of {data_rows:,} rows was quarantined (mostly {top}): "
+                                 "is this the right file and format?")
+        for w in self.warnings:
+            log.warning("%s", w)
 
     @property
     def quarantined_total(self) -> int:
@@ -458,6 +471,9 @@ def ingest(cfg: EncoreConfig, inputs: IngestInputs) -> IngestReport:
         if profile_file:
             report.users, s = _ingest_profiles(spark, profile_file, ws, stage)
             swaps += s
+        for name in ("listens", "tracks", "users"):
+            if getattr(report, name) is not None:
+                getattr(report, name).check(name)
         faults.point("ingest.staged")
         atomic.publish_run(swaps, ws.journals, stage, ws.trash / run_id)
         report.seconds = round(time.perf_counter() - t0, 3)

@@ -29,7 +29,7 @@ import pandas as pd
 
 from encore.core import faults
 from encore.core.atomic import Swap, new_run_id, publish_run, recover, write_report
-from encore.core.config import EncoreConfig
+from encore.core.config import EncoreConfig, registered_model_name
 from encore.core.schemas import RECOMMENDATION_COLUMNS, USER_RECOMMENDATIONS_TABLE
 from encore.core.workspace import Workspace, partitions
 
@@ -87,7 +87,7 @@ def resolve_champion(cfg: EncoreConfig, model_name: str | None = None) -> Champi
 
     mlflow.set_tracking_uri(cfg.mlflow_tracking_uri())
     mlflow.set_registry_uri(cfg.mlflow_registry_uri())
-    name = model_name or cfg.mlflow.model_name
+    name = registered_model_name(cfg, model_name)
     try:
         mv = MlflowClient().get_model_version_by_alias(name, CHAMPION)
     except MlflowException:

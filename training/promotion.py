@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import mlflow
 from encore.core.atomic import new_run_id, write_report
-from encore.core.config import ConfigError, EncoreConfig
+from encore.core.config import ConfigError, EncoreConfig, registered_model_name
 from encore.core.schemas import SCORING_INPUT
 from encore.core.workspace import Workspace
 from mlflow import MlflowClient
@@ -218,7 +218,7 @@ def promote(cfg: EncoreConfig, model_name: str | None = None, dry_run: bool = Fa
             policy: PromotionPolicy | None = None) -> Decision:
     """Judge ``@challenger`` against ``@champion``; move the aliases when every gate passes."""
     policy = policy or load_policy(cfg)
-    name = model_name or cfg.mlflow.model_name
+    name = registered_model_name(cfg, model_name)
     tracking.configure(cfg)
     client = MlflowClient()
     challenger = _alias_version(client, name, CHALLENGER)
@@ -297,7 +297,7 @@ class Rollback:
 
 def rollback(cfg: EncoreConfig, model_name: str | None = None) -> Rollback:
     """Point ``@champion`` back at ``@previous-champion`` (which is then cleared)."""
-    name = model_name or cfg.mlflow.model_name
+    name = registered_model_name(cfg, model_name)
     tracking.configure(cfg)
     client = MlflowClient()
     current = _alias_version(client, name, CHAMPION)

@@ -30,6 +30,15 @@ import mlflow
 from training.models.base import SequenceModel
 
 REPO = Path(__file__).resolve().parent.parent
+# A forward's scores are [rows, items + 1] float32. Rows per forward shrink as the catalog grows so
+# that one forward's scores stay under this, whatever the catalog (LastFM-1K has ~1M tracks).
+SCORE_BUDGET_BYTES = 64 * 2**20
+MAX_ROWS_PER_FORWARD = 64
+
+
+def rows_per_forward(n_items: int) -> int:
+    """Histories scored per forward for a vocabulary of ``n_items``: at least 1, at most 64."""
+    return max(1, min(MAX_ROWS_PER_FORWARD, SCORE_BUDGET_BYTES // (4 * (n_items + 1))))
 
 
 def signature(default_k: int, mask_history: bool) -> ModelSignature:
@@ -55,7 +64,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         self.index = {t: i + 1 for i, t in enumerate(meta["track_ids"])}
         self.max_len = int(meta["max_len"])
         self.mask_history = bool(meta["mask_history"])
-        self.batch_size = 64
+        self.batch_size = rows_per_forward(len(self.track_ids))
 
     def _encode(self, tracks: Any, comps: Any) -> tuple[list[int], np.ndarray, np.ndarray]:
         tracks = list(tracks) if tracks is not None else []

@@ -9,6 +9,7 @@ A profile file switches each engine to its distributed form; no code changes.
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the offending key."""
+
+
+# A registered model's name, never a path or URI: scoring and promotion load models only as
+# models:/<name>/<version> from the configured registry (a pyfunc is pickled code; a path would
+# let anyone who can write a file run code in the scoring actors).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$"
+
+
+def registered_model_name(cfg: EncoreConfig, name: str | None) -> str:
+    """``name`` (or the configured one) checked to be a registry name, not a path or URI."""
+    chosen = name or cfg.mlflow.model_name
+    if not re.fullmatch(MODEL_NAME_PATTERN, chosen):
+        raise ConfigError(f"--model takes the name of a model in the configured MLflow registry "
+                          f"({cfg.mlflow_registry_uri()}), not a path or URI: got {chosen!r}")
+    return chosen
 
 
 class _Section(BaseModel):
@@ -61,6 +77,9 @@ class FeastConfig(_Section):
     registry: str | None = Field(None, description="registry path or URI; None = <home>/feast/registry.db")
     offline_store: OfflineStoreConfig = Field(default_factory=OfflineStoreConfig)
     online_store: OnlineStoreConfig = Field(default_factory=OnlineStoreConfig)
+    # Feast's materialize reads a whole window at once (no chunking: upstream #6307), so a backfill
+    # over years would hold years of rows in memory. Encore loads long windows this many days at a time.
+    materialize_chunk_days: int = Field(30, ge=1, description="days of rows per Feast materialize call")
 
 
 class MlflowConfig(_Section):
@@ -69,7 +88,8 @@ class MlflowConfig(_Section):
     artifact_location: str | None = Field(
         None, description="None = <home>/mlflow/artifacts; with a tracking server, the server's own store")
     experiment: str = "encore"
-    model_name: str = Field("encore-recommender", description="registered model that training writes to")
+    model_name: str = Field("encore-recommender", pattern=MODEL_NAME_PATTERN,
+                            description="registered model that training writes to")
     # None = mlflow/promotion.yaml of this repository (the gates `encore promote` applies).
     promotion_policy: Path | None = Field(None, description="promotion policy YAML; None = mlflow/promotion.yaml")
 
@@ -299,14 +319,38 @@ class EncoreConfig(_Section):
         return self.feast.registry or str(self.home.resolve() / "feast" / "registry.db")
 
     def effective(self) -> dict[str, Any]:
-        """The config with every default and derived location filled in, as plain data."""
+        """The config with every default and derived location filled in, as plain data, secrets
+        written into URIs or connection strings masked (:func:`redact`): safe to print and record."""
         data = self.model_dump(mode="json")
         data["home"] = str(self.home.resolve())
         data["feast"]["registry"] = self.feast_registry()
         data["mlflow"]["tracking_uri"] = self.mlflow_tracking_uri()
         data["mlflow"]["registry_uri"] = self.mlflow_registry_uri()
         data["mlflow"]["artifact_location"] = self.mlflow_artifact_location()
-        return data
+        return _redacted(data)
+
+
+# Secrets belong in environment variables (annotate.api_key_env, MLFLOW_TRACKING_USERNAME /
+# PASSWORD / TOKEN, REDIS_PASSWORD-style settings). Where one was written into a URI or a
+# connection string anyway, it is masked in everything Encore prints or records: `config show`,
+# MLflow params, the Feast repo's copy of the config, run reports.
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/@\s:]+(?::[^/@\s]*)?@")
+_KEY_VALUE_SECRET = re.compile(r"(?i)\b(password|passwd|pwd|token|secret|api_key|apikey|access_key)=([^,;&\s]+)")
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """``text`` with URL credentials (``https://user:pw@host``) and ``password=...``-style values masked."""
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    return _KEY_VALUE_SECRET.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+
+
+def _redacted(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _redacted(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_redacted(v) for v in node]
+    return redact(node) if isinstance(node, str) else node
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

@@ -62,6 +62,7 @@ CONTENT_REASONS = {
 ENCODER_ERROR = "encoder_error"  # the encoder raised on this track (message in the job log)
 # Why an LLM annotation was rejected (jobs/annotate.py); the raw answer is kept in quarantine.
 ANNOTATION_REASONS = (
+    "too_long",  # longer than jobs/annotate.py MAX_ANSWER_CHARS: not parsed
     "no_json",  # no JSON object in the answer
     "missing_genes",  # some of the 58 genes absent
     "unknown_genes",  # keys that are not genes

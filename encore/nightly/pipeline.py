@@ -215,6 +215,7 @@ def nightly(cfg: EncoreConfig, day: date | None = None, force: bool = False, unt
     ws = Workspace.at(cfg.home)
     day = day or datetime.now(UTC).date()
     with ws.lock("nightly"):
+        faults.point("nightly.locked")  # lock tests: a run that holds the lock and waits
         state = load_state(cfg, day)
         path = state_path(cfg, day)
         result = NightlyResult(day.isoformat(), path)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
+from encore.core import faults
 from encore.core.atomic import write_json_atomic
 from encore.core.config import EncoreConfig
 from encore.core.workspace import Workspace
@@ -164,6 +165,7 @@ def write_nightly_report(cfg: EncoreConfig, day: date, state: dict[str, Any]) ->
     out = ws.home / "reports"
     js = out / f"nightly-{day.isoformat()}.json"
     write_json_atomic(js, json.loads(json.dumps(data, default=str)))
+    faults.point("report.json_written")  # kill test: one of the two files rewritten
     page = out / f"nightly-{day.isoformat()}.html"
     tmp = page.with_name(f".{page.name}.tmp")
     tmp.write_text(_html(data, figs), encoding="utf-8")

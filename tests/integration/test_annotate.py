@@ -1,6 +1,6 @@
 """LLM gene annotation end to end on a local Ray: a fake OpenAI-compatible server, then a tiny local model.
 
-The fake server answers by the track title it finds in the prompt (``zz-<kind>-<n>``):
+The fake server (tests/fixtures/fake_llm.py) answers by the track title in the prompt (``zz-<kind>-<n>``):
 valid and gene tracks get a valid answer in a ```json fence; invalid ones a score of 9 (bad_value);
 flaky ones prose on the first request, then a valid answer; slow ones sleep past the client's
 timeout (until ``recovered`` is set).
@@ -9,15 +9,11 @@ timeout (until ``recovered`` is set).
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from encore.core.config import AnnotateConfig, ConfigError, EncoreConfig
-from encore.core.schemas import ANNOTATION_REASONS, GENE_SCALE, GENES
+from encore.core.schemas import ANNOTATION_REASONS, GENES
 from encore.core.workspace import Workspace
 from jobs import annotate as annotate_mod
 from jobs.annotate import (
@@ -39,13 +35,10 @@ from jobs.annotate import (
     model_id,
     prompt_version,
 )
+from tests.fixtures.fake_llm import EXPECTED, TIMEOUT_S, FakeLLM, serve_fake_llm
 
 pytestmark = pytest.mark.integration
 
-SCORES = {g: i % (GENE_SCALE + 1) for i, g in enumerate(GENES)}
-EXPECTED = [SCORES[g] / GENE_SCALE for g in GENES]  # what a valid fake answer normalises to
-TIMEOUT_S = 1.0
-SLOW_S = 3 * TIMEOUT_S
 API_KEY = "test-key-123"
 # (track_id, title, lyrics, catalog genes?)
 TRACKS = [
@@ -61,77 +54,10 @@ TO_ANNOTATE = ("t3", "t4", "t5", "t6", "t7")
 
 
 # --------------------------------------------------------------------------- fake LLM server
-@dataclass
-class FakeLLM:
-    url: str = ""
-    recovered: bool = False  # slow tracks answer at once (the server got faster)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def titles(self) -> Counter[str]:
-        with self.lock:
-            return Counter(r["title"] for r in self.requests)
-
-    def reply(self, title: str) -> str | None:
-        """The answer's text for ``title``; None: sleep past the timeout."""
-        kind = title.split("-")[1]
-        with self.lock:
-            seen = sum(r["title"] == title for r in self.requests)
-        if kind == "invalid":
-            return json.dumps({**SCORES, "tempo": 9})
-        if kind == "flaky" and seen == 1:
-            return "Let me think about this song first..."
-        if kind == "slow" and not self.recovered:
-            return None
-        return f"Here are the genes:\n```json\n{json.dumps(SCORES, indent=1)}\n```"
-
-
-def _handler(llm: FakeLLM) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if not self.path.startswith("/v1/"):
-                self._send(500, b'{"error": "boom"}')
-                return
-            prompt = body["messages"][0]["content"]
-            found = re.search(r"zz-[a-z]+-\d+", prompt)
-            title = found.group(0) if found else "?"
-            with llm.lock:
-                llm.requests.append({"title": title, "auth": self.headers.get("Authorization"), "body": body})
-            text = llm.reply(title) if found else "no title"
-            if text is None:
-                time.sleep(SLOW_S)
-                text = "too late"
-            out = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
-            self._send(200, json.dumps(out).encode())
-
-        def _send(self, status: int, data: bytes) -> None:
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client timed out and left
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    return Handler
-
-
 @pytest.fixture(scope="module")
 def llm() -> Iterator[FakeLLM]:
-    state = FakeLLM()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with serve_fake_llm() as state:
+        yield state
 
 
 @pytest.fixture

@@ -93,7 +93,8 @@ def _load_backbone(path: str, causal: bool) -> nn.Module:
     config = AutoConfig.from_pretrained(path)
     if causal and not _is_causal_lm(config.model_type):
         config.is_decoder = True
-    return AutoModel.from_pretrained(path, config=config)
+    # safetensors only: a pickled .bin in a model folder could run code when loaded.
+    return AutoModel.from_pretrained(path, config=config, use_safetensors=True)
 
 
 def _lora_targets(backbone: nn.Module, requested: list[str] | str | None) -> list[str] | str:
