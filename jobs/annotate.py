@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import string
 import time
 from collections import Counter
@@ -518,6 +519,8 @@ def annotate(cfg: EncoreConfig, force: bool = False, retry_invalid: bool = False
     # publication (jobs under it clear tmp/staging at start).
     with ws.lock("lake"):
         recovered = atomic.recover(ws.journals)
+        # Whatever staging is left belongs to killed runs (we hold the lock): it was never published.
+        shutil.rmtree(ws.tmp / "staging", ignore_errors=True)
         catalog = _read_catalog(ws)
         model = _configured_model(cfg)  # None is only an error if something is to be sent (below)
         report = AnnotateReport(run_id=run_id, prompt_version=version, model=model,

@@ -8,7 +8,7 @@
                  batch ranks the whole catalog per user, heard items masked, top-K kept
       fallback   users whose history holds no track the model knows: the most played tracks (plays_7d)
       publish    recommendations/date=D/ and lake/features/user_recommendations/date=D/ written under
-                 tmp/staging and swapped in together (journaled), so a rerun replaces the date whole
+                 tmp/score-staging and swapped in together (journaled): a rerun replaces the date whole
       push       the lists to Feast's online store (view user_recommendations), for the newest date
 
 Models are loaded by registry URI as MLflow pyfuncs; this package never imports ``training``.
@@ -17,6 +17,7 @@ Models are loaded by registry URI as MLflow pyfuncs; this package never imports 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
@@ -272,6 +273,9 @@ def score(cfg: EncoreConfig, day: date | None = None, top_k: int | None = None,
         # another job's journal here would race that job (which holds the lake lock, not this one).
         journals = ws.journals / "score"
         rep.recovered_publications = recover(journals)
+        # Staged lists of killed scoring runs (we hold the score lock; never published). Scoring
+        # stages outside tmp/staging, which the lake jobs clear under the lake lock, not this one.
+        shutil.rmtree(ws.tmp / "score-staging", ignore_errors=True)
         champ = resolve_champion(cfg, model_name)
         rep.model_name, rep.model_version, rep.model_run_id = champ.name, champ.version, champ.run_id
 
@@ -290,7 +294,7 @@ def score(cfg: EncoreConfig, day: date | None = None, top_k: int | None = None,
                                f"as of {rep.feature_snapshot}")
 
         t = time.perf_counter()
-        stage = ws.staging(run_id)
+        stage = ws.tmp / "score-staging" / run_id
         staged = stage / "recommendations" / f"date={day.isoformat()}"
         lineage = {"model_name": champ.name, "model_version": champ.version, "model_run_id": champ.run_id,
                    "feature_snapshot": rep.feature_snapshot, "scoring_run_id": run_id}

@@ -154,7 +154,7 @@ def test_a_scoring_run_killed_midway_shows_no_partial_output_and_the_rerun_gives
     assert rep.recovered_publications == (1 if fault == "publish.mid_swap" else 0)
     out = read_recommendations(cfg, day)
     assert (out["scoring_run_id"] == rep.run_id).all() and not out.duplicated(["user_id", "rank"]).any()
-    assert not list((ws.journals / "score").glob("*.json")) and not (ws.staging(rep.run_id)).exists()
+    assert not list((ws.journals / "score").glob("*.json")) and not any((ws.tmp / "score-staging").rglob("*"))
     fresh = copy_home(champion_home, tmp_path / "fresh")
     store.apply(fresh)
     clean = score(fresh, day, top_k=K)

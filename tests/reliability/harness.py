@@ -34,7 +34,10 @@ VOLATILE = frozenset({
     "scoring_run_id", "scored_at",  # recommendations: which scoring run, and when
     "created_ts",  # the online store's write time
     "quarantined_at",
+    "computed_at",  # content embeddings: when the encoder ran
 })
+# Feature values in the online store that record which run wrote them (rows keyed by feature name).
+VOLATILE_FEATURES = frozenset({"scoring_run_id"})
 # Outputs a reader may see: the lake, tonight's lists. tmp/ is the jobs' own (staging, journals).
 DATA_ROOTS = ("lake", "recommendations")
 
@@ -118,15 +121,16 @@ def online_rows(home: Path) -> dict[str, list[str]]:
             cur = con.execute(f'select * from "{table}"')
             cols = [d[0] for d in cur.description]
             keep = [i for i, c in enumerate(cols) if c not in VOLATILE]
-            out[table] = sorted(repr(tuple(row[i] for i in keep)) for row in cur)
+            name = cols.index("feature_name") if "feature_name" in cols else None
+            out[table] = sorted(repr(tuple(row[i] for i in keep)) for row in cur
+                                if name is None or row[name] not in VOLATILE_FEATURES)
     return out
 
 
 def leftovers(home: Path) -> list[str]:
-    """Staging, journals and trash a finished job must not leave behind."""
+    """Files under tmp/ (staging, journals, trash) that a finished job must not leave behind."""
     tmp = home / "tmp"
-    return sorted(str(p.relative_to(home)) for sub in ("staging", "journal", "trash") if (tmp / sub).is_dir()
-                  for p in (tmp / sub).rglob("*") if p.is_file())
+    return sorted(str(p.relative_to(home)) for p in tmp.rglob("*") if p.is_file()) if tmp.is_dir() else []
 
 
 def registries(home: Path, model_name: str) -> dict[str, Any]:

@@ -37,7 +37,8 @@ KILL_POINTS = {
 
 
 def _state(night: Night) -> dict:
-    return json.loads((night.home / "nightly" / f"state-{datetime.now(UTC).date()}.json").read_text())
+    path = night.home / "nightly" / f"state-{datetime.now(UTC).date()}.json"
+    return json.loads(path.read_text()) if path.is_file() else {"steps": {}}
 
 
 @pytest.mark.parametrize("step", STEPS)
