@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import mlflow
+from encore.core import faults
 from encore.core.atomic import new_run_id, write_report
 from encore.core.config import ConfigError, EncoreConfig, registered_model_name
 from encore.core.schemas import SCORING_INPUT
@@ -268,12 +269,11 @@ def _compare(name: str, champion: str, data: HeldOut, policy: PromotionPolicy, d
 
 
 def _finish(cfg: EncoreConfig, client: MlflowClient, d: Decision) -> Decision:
+    # The decision's record first, then the aliases: a run killed in between is judged again by the
+    # rerun (nothing moved yet); a run killed after @champion moved is a noop for the rerun, and its
+    # version already carries the record. @previous-champion moves before @champion, so @champion
+    # always names a version that passed its gates, never nothing.
     if not d.dry_run:
-        if d.decision == "promote":
-            if d.champion_version is not None:
-                client.set_registered_model_alias(d.model_name, PREVIOUS, d.champion_version)
-            client.set_registered_model_alias(d.model_name, CHAMPION, d.challenger_version)
-            d.acted = True
         if d.decision != "noop":
             tags = {"decision": d.decision, "reason": d.reason[:5000], "at": d.at,
                     "champion_version": d.champion_version or "",
@@ -283,6 +283,13 @@ def _finish(cfg: EncoreConfig, client: MlflowClient, d: Decision) -> Decision:
                     "held_out_users": str(d.held_out_users)}
             for k, v in tags.items():
                 client.set_model_version_tag(d.model_name, d.challenger_version, TAG + k, v)
+        if d.decision == "promote":
+            faults.point("promote.recorded")
+            if d.champion_version is not None:
+                client.set_registered_model_alias(d.model_name, PREVIOUS, d.champion_version)
+            faults.point("promote.previous_set")  # kill test: @previous-champion moved, @champion not
+            client.set_registered_model_alias(d.model_name, CHAMPION, d.challenger_version)
+            d.acted = True
         write_report(Workspace.at(cfg.home).reports("promote"), new_run_id(), d.to_dict())
     log.info("promotion of %s v%s: %s (%s)", d.model_name, d.challenger_version, d.decision, d.reason)
     return d

@@ -4,9 +4,6 @@ epoch is what is kept, and a trained model goes to the MLflow registry and comes
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -180,32 +177,6 @@ def test_e4srec_on_a_tiny_llama_trains_with_content_from_feast_and_registers(con
     got = loaded.predict(pd.DataFrame({"user_id": ["u"], "track_ids": [tracks[:6]],
                                        "completions": [[1.0, None, 0.5, 0.2, 1.0, 0.9]]}), params={"k": 5})
     assert len(got["track_ids"][0]) == 5 and not set(got["track_ids"][0]) & set(tracks[:6])
-
-
-@pytest.mark.slow
-def test_a_killed_training_run_resumes_its_checkpoint_and_mlflow_run(featured_home: EncoreConfig,
-                                                                      tmp_path: Path) -> None:
-    cfg = copy_home(featured_home, tmp_path / "home")
-    # This pytest process holds a torch.distributed store on its MASTER_PORT (set by the DeepSpeed
-    # tests above): the child picks its own free port, as a fresh `encore train` does.
-    dist_env = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
-    env = {**{k: v for k, v in os.environ.items() if k not in dist_env},
-           "ENCORE_HOME": str(cfg.home), "ENCORE_FAULT": "train.epoch_saved"}
-    cmd = [sys.executable, "-m", "encore.cli", "train", "--model", "gru4rec", "--epochs", "3", "--no-register",
-           "--json"]
-    killed = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    run_dirs = list((cfg.home / "outputs" / "train").glob("gru4rec-*"))
-    assert len(run_dirs) == 1 and (run_dirs[0] / "checkpoints" / "latest").exists()
-    first_run_id = (run_dirs[0] / "mlflow_run_id").read_text()
-
-    env.pop("ENCORE_FAULT")
-    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "resumed after epoch 1" in done.stderr
-    out = json.loads(done.stdout)
-    assert out["run_id"] == first_run_id
-    assert not run_dirs[0].exists()  # a finished run leaves no checkpoints behind
 
 
 def test_bench_standard_trains_on_a_standard_file_and_prints_published_figures(tmp_path: Path) -> None:
