@@ -23,6 +23,7 @@ from encore.core.config import EncoreConfig, load_config
 from encore.core.schemas import FEATURE_TABLES
 from encore.core.workspace import Workspace
 from tests.cluster.services import Cluster, local_cluster, spark_master_state
+from tests.reliability.harness import data_groups, encore_env, run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -57,10 +58,7 @@ def cluster_profile(c: Cluster, home: Path, inbox: Path, dest: Path) -> Path:
 
 
 def encore(profile: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("ENCORE_CONFIG", "ENCORE_HOME")}
-    env["RAY_AUTH_MODE"] = "disabled"
-    proc = subprocess.run([sys.executable, "-m", "encore", "--config", str(profile), *args], env=env,
-                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    proc = run(["--config", str(profile), *args], encore_env())
     assert proc.returncode == 0, f"encore {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
     return proc
 
@@ -75,13 +73,11 @@ def ray_job_count(address: str) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def _rows(path: Path) -> list[tuple]:
-    """A feature table as a sorted row set: Spark promises no row order across engines and masters.
-    ``created`` is when the job ran, not data."""
-    t = ds.dataset(path, format="parquet", partitioning="hive").to_table()
-    t = t.drop_columns([c for c in t.column_names if c == "created"])
-    cols = sorted(t.column_names)
-    return sorted(tuple(json.dumps(r[c], default=str, sort_keys=True) for c in cols) for r in t.to_pylist())
+def feature_tables(home: Path) -> dict:
+    """The feature tables as sorted row sets per date partition (tests/reliability/harness.py):
+    Spark promises no row order across engines and masters."""
+    return {k: v for k, v in data_groups(home).items()
+            if k[0] in {f"lake/features/{t}" for t in FEATURE_TABLES}}
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +135,6 @@ def test_one_night_runs_on_spark_ray_redis_and_an_mlflow_server_by_profile_alone
     assert (recs["model_version"].astype(str) == "1").all()
 
     # The same commands give the same features as the embedded default (local[*], DuckDB, SQLite).
-    local = Workspace.at(featured_home.home)
-    for table in FEATURE_TABLES:
-        assert _rows(ws.feature_table(table)) == _rows(local.feature_table(table)), table
+    got, want = feature_tables(home), feature_tables(featured_home.home)
+    assert {k[0] for k in want} == {f"lake/features/{t}" for t in FEATURE_TABLES}
+    assert got == want

@@ -12,20 +12,16 @@ from encore.cli import cli
 from encore.core.config import EncoreConfig
 from mlflow import MlflowClient
 from tests.conftest import copy_home
-from tests.fixtures.registry import foreign_signature, register_ranker
+from tests.fixtures.registry import foreign_signature, known_quality_lists, register_ranker
 from training import tracking
-from training.promotion import PromotionError, held_out, load_policy, promote, rollback
+from training.promotion import PromotionError, promote, rollback
 
 
 @pytest.fixture
 def world(featured_home: EncoreConfig, tmp_path: Path) -> tuple[EncoreConfig, list[str], dict, dict]:
     """A private lake, its catalog, and per-user lists that hit (oracle) or miss (blind) the held-out track."""
     cfg = copy_home(featured_home, tmp_path / "home")
-    data = held_out(cfg, load_policy(cfg))
-    catalog = sorted({t for h in data.histories for t in h} | set(data.targets))
-    oracle = {u: [t, *[c for c in catalog if c != t][:30]] for u, t in zip(data.user_ids, data.targets, strict=True)}
-    blind = {u: [c for c in catalog if c != t][:30] for u, t in zip(data.user_ids, data.targets, strict=True)}
-    return cfg, catalog, oracle, blind
+    return cfg, *known_quality_lists(cfg)
 
 
 def _aliases(cfg: EncoreConfig) -> dict[str, str]:

@@ -16,7 +16,7 @@ import pytest
 from encore.core.config import EncoreConfig
 from mlflow import MlflowClient
 from tests.conftest import copy_home
-from tests.fixtures.registry import register_ranker
+from tests.fixtures.registry import known_quality_lists, register_ranker
 from tests.reliability.harness import (
     data_groups,
     encore_env,
@@ -27,7 +27,7 @@ from tests.reliability.harness import (
     run_and_kill_at,
 )
 from training import tracking
-from training.promotion import held_out, load_policy, promote
+from training.promotion import promote
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -92,10 +92,7 @@ def test_a_training_run_killed_after_an_epoch_resumes_its_checkpoint_and_registe
 def test_a_promotion_killed_between_its_steps_leaves_a_valid_champion_and_the_rerun_completes_it(
         featured_home: EncoreConfig, tmp_path: Path, point: str) -> None:
     cfg = copy_home(featured_home, tmp_path / "home")
-    data = held_out(cfg, load_policy(cfg))
-    catalog = sorted({t for h in data.histories for t in h} | set(data.targets))
-    oracle = {u: [t, *[c for c in catalog if c != t][:30]] for u, t in zip(data.user_ids, data.targets, strict=True)}
-    blind = {u: [c for c in catalog if c != t][:30] for u, t in zip(data.user_ids, data.targets, strict=True)}
+    catalog, oracle, blind = known_quality_lists(cfg)
     v1 = register_ranker(cfg, catalog, blind)
     promote(cfg)
     v2 = register_ranker(cfg, catalog, oracle)

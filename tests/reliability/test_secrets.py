@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from encore.cli import cli
-from encore.core.config import EncoreConfig, load_config
+from encore.core.config import load_config
 from tests.reliability.conftest import API_KEY_VALUE, Night
 
 pytestmark = pytest.mark.reliability
@@ -93,9 +93,16 @@ def test_a_model_folder_with_only_pickled_weights_is_refused_unopened(tmp_path: 
     assert not marker.exists()
 
 
-def test_config_show_needs_no_secret_to_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The key's *name* is configuration; its value is only read from the environment when used.
-    monkeypatch.delenv("ENCORE_LLM_API_KEY", raising=False)
-    cfg = EncoreConfig(home=tmp_path)
-    assert cfg.effective()["annotate"]["api_key_env"] == "ENCORE_LLM_API_KEY"
-    assert "api_key" not in {k for k in cfg.effective()["annotate"] if k != "api_key_env"}
+@pytest.mark.parametrize("key", [None, "sk-env-only-5d2e"])
+def test_the_config_names_the_key_variable_and_never_holds_its_value(
+        key: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The variable's *name* is configuration; its value is read from the environment only when used.
+    if key is None:
+        monkeypatch.delenv("ENCORE_LLM_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("ENCORE_LLM_API_KEY", key)
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path), "config", "show", "--json"])
+    assert res.exit_code == 0, res.output
+    shown = json.loads(res.stdout)["annotate"]
+    assert shown["api_key_env"] == "ENCORE_LLM_API_KEY"
+    assert key is None or key not in res.output
