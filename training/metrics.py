@@ -36,10 +36,23 @@ __all__ = [
     "full_ranking_ranks",
     "history_matrix",
     "metrics_from_ranks",
+    "rows_per_forward",
     "sampled_ranks",
 ]
 
 log = logging.getLogger(__name__)
+
+# A forward's scores are [rows, items + 1] float32, and ranking them adds masks of the same shape.
+# Rows per forward shrink as the catalogue grows so that one forward's scores stay under this,
+# whatever the catalogue (LastFM-1K has ~1M tracks): evaluation, promotion and nightly scoring alike.
+SCORE_BUDGET_BYTES = 64 * 2**20
+MAX_ROWS_PER_FORWARD = 64
+
+
+def rows_per_forward(n_items: int, cap: int = MAX_ROWS_PER_FORWARD) -> int:
+    """Histories scored per forward for a vocabulary of ``n_items``: at least 1, at most ``cap``."""
+    return max(1, min(cap, SCORE_BUDGET_BYTES // (4 * (n_items + 1))))
+
 
 # Rank given to a target that cannot be recommended (masked as history): past any cut-off, and
 # 1 / (MISS + 1) ~ 1e-12 adds nothing to MRR.
@@ -191,6 +204,10 @@ def evaluate_ranks(
         log.warning(message)
         generator = torch.Generator().manual_seed(seed)
 
+    n_items = getattr(model, "n_items", None)
+    if n_items is not None:
+        # Peak memory per batch: [rows, n+1] scores plus masks, bounded whatever the catalogue.
+        batch_size = rows_per_forward(int(n_items), cap=batch_size)
     was_training = model.training
     model.eval()
     ranks: list[torch.Tensor] = []

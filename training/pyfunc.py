@@ -27,20 +27,12 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 import mlflow
+from training.metrics import SCORE_BUDGET_BYTES, rows_per_forward
 from training.models.base import SequenceModel
 
+__all__ = ["SCORE_BUDGET_BYTES", "Recommender", "log_recommender", "rows_per_forward", "signature"]
+
 REPO = Path(__file__).resolve().parent.parent
-# A forward's scores are [rows, items + 1] float32. Rows per forward shrink as the catalog grows so
-# that one forward's scores stay under this, whatever the catalog (LastFM-1K has ~1M tracks).
-SCORE_BUDGET_BYTES = 64 * 2**20
-MAX_ROWS_PER_FORWARD = 64
-
-
-def rows_per_forward(n_items: int) -> int:
-    """Histories scored per forward for a vocabulary of ``n_items``: at least 1, at most 64."""
-    return max(1, min(MAX_ROWS_PER_FORWARD, SCORE_BUDGET_BYTES // (4 * (n_items + 1))))
-
-
 def signature(default_k: int, mask_history: bool) -> ModelSignature:
     inputs = Schema([ColSpec("string", "user_id"), ColSpec(Array("string"), "track_ids"),
                      ColSpec(Array("double"), "completions", required=False)])

@@ -127,19 +127,57 @@ def build_model(cfg: EncoreConfig, data: Dataset, content: ContentTable | None,
         model.set_item_tables(content)  # type: ignore[attr-defined]
         return model, None
     s = tc.e4srec
+    backbone = str(s.backbone or default_backbone())
+    if s.head_weights in ("free", "hybrid"):
+        check_head_memory(backbone, n)
     id_table, id_folder = None, None
     if "id" in s.modalities:
         encoder, folder = id_encoder_for(cfg, data, fingerprint)
         id_table, id_folder = encoder.item_embeddings().detach().float(), str(folder)
     prompt = (s.prompt or PROMPTS / "e4srec_v1.txt").read_text(encoding="utf-8")
     model = model_class("e4srec")(
-        n_items=n, backbone=str(s.backbone or default_backbone()), prompt=prompt,
+        n_items=n, backbone=backbone, prompt=prompt,
         settings=s.model_dump(mode="json"), id_dim=None if id_table is None else int(id_table.shape[1]),
         content_dims={m: d for m, d in content.dims().items() if m in s.modalities}, max_len=tc.max_len)
     model.set_item_tables(id_table, ContentTable(  # type: ignore[attr-defined]
         vectors={m: v for m, v in content.vectors.items() if m in s.modalities},
         present={m: v for m, v in content.present.items() if m in s.modalities}))
     return model, id_folder
+
+
+class HeadTooLarge(MemoryError):
+    """E4SRec's all-item head would not fit in memory for training; the message says what to change."""
+
+
+def available_memory() -> int:
+    """Bytes training can still take: the GPU's free memory where there is one, else the machine's."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info()[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_head_memory(backbone: str, n_items: int, available: int | None = None) -> int:
+    """Log the free head's size and training memory; refuse before building it if it cannot fit.
+
+    The head is hidden x n_items: 384 x 1M on MiniLM, 4,096 x 383,670 (1.6B) on a 7B Llama with the
+    paper's LastFM-1K filter. Returns the estimated bytes.
+    """
+    from transformers import AutoConfig
+
+    from training.models.e4srec import describe_head, head_size
+
+    hidden = int(AutoConfig.from_pretrained(backbone).hidden_size)
+    _, need = head_size(hidden, n_items)
+    log.info("E4SRec %s", describe_head(hidden, n_items))
+    free = available_memory() if available is None else available
+    if need > free:
+        raise HeadTooLarge(
+            f"E4SRec {describe_head(hidden, n_items)}, but only {free / 1e9:.1f} GB is available. Shrink the "
+            f"vocabulary (train.min_item_plays: tracks with fewer plays leave it), use a smaller backbone, or "
+            f"train.e4srec.head_weights: tied (rows computed from item vectors, no per-item weights)")
+    return need
 
 
 def _example(data: Dataset, n: int = 2) -> pd.DataFrame:
@@ -236,6 +274,8 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
             mlflow.log_params(tracking.flatten(cfg.effective()))
             mlflow.log_params({f"data.{k}": v for k, v in data.info.items()})
         model, id_folder = build_model(cfg, data, content, fingerprint)
+        # The popularity and mixed samplers draw negatives by training plays.
+        model.set_item_counts(torch.from_numpy(training_plays(data)))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if not resume_id:
             mlflow.log_param("model.trainable_params", trainable)

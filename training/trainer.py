@@ -142,6 +142,10 @@ class _ScoreViaForward:
     def training(self) -> bool:
         return self.module.training
 
+    @property
+    def n_items(self) -> int:
+        return self.module.n_items
+
 
 def validate(model: SequenceModel, evalset: EvalSet, tc: TrainConfig, device: torch.device) -> dict[str, float]:
     was_training = model.training

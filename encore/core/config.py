@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -111,6 +111,26 @@ class FeaturesConfig(_Section):
     sequence_length: int = Field(50, ge=1, le=1000, description="items kept in a user's recent sequence")
     # A listen that ended before half the track counts as a skip (Last.fm itself scrobbles at 50%).
     skip_below: float = Field(0.5, gt=0, le=1, description="completion under this is a skip")
+    # Track durations estimated from the listening (jobs/durations.py; measured in docs/durations.md).
+    # Fewer gaps than this and one paused or cut-short play decides the estimate; the artist's
+    # typical length is the better guess then.
+    duration_min_gaps: int = Field(5, ge=1, le=1000,
+                                   description="in-session gaps a track needs for its own duration estimate")
+    # Only a track's earliest N gaps count, so an estimate stops moving once it has them: every
+    # change forces a recompute from the track's first play. N = min_gaps freezes an estimate as
+    # soon as it exists (a week of new nights then changed 154 tracks instead of 850 at N = 50).
+    duration_max_gaps: int = Field(5, ge=1, le=1000, description="earliest in-session gaps per track that count")
+    # 0.75 of 5 gaps is the 4th longest: one unscrobbled skip or pause (a too-long gap) cannot move
+    # it, and up to three cut-short plays cannot either. Higher quantiles chased inflated gaps when
+    # 10% of plays went unscrobbled (docs/durations.md).
+    duration_quantile: float = Field(0.75, gt=0, lt=1, description="quantile of a track's gaps taken as its duration")
+
+    @model_validator(mode="after")
+    def _gaps_cap_reaches_the_minimum(self) -> FeaturesConfig:
+        if self.duration_max_gaps < self.duration_min_gaps:
+            raise ValueError(f"duration_max_gaps ({self.duration_max_gaps}) must be >= duration_min_gaps "
+                             f"({self.duration_min_gaps}): no track could reach the minimum")
+        return self
 
 
 class TextEncoderConfig(_Section):
@@ -185,6 +205,16 @@ class LoraSettings(_Section):
         "all-linear", description="module names to adapt; all-linear; None = PEFT's architecture default")
 
 
+class SampledSoftmaxSettings(_Section):
+    # gSASRec and eSASRec train with a few hundred to a thousand negatives shared by the batch;
+    # 256 matched full CE on Beauty (docs/training-at-scale.md). Memory is [positions, negatives].
+    negatives: int = Field(256, ge=1, description="negatives drawn per batch, shared by every position")
+    # uniform over the catalogue, by training popularity, or half each (mixed). Each negative's logit
+    # is corrected by the log of its expected count in the pool (logQ), whichever sampler drew it.
+    sampler: Literal["uniform", "popularity", "mixed"] = Field("uniform", description="how negatives are drawn")
+    in_batch: int = Field(0, ge=0, description="up to this many of the batch's own targets join as negatives")
+
+
 class IdEncoderSettings(_Section):
     # Defaults follow the SASRec paper / RecBole: hidden 64, 2 layers, 2 heads, inner 256.
     hidden: int = Field(64, ge=8, description="embedding and hidden size")
@@ -193,9 +223,14 @@ class IdEncoderSettings(_Section):
     inner: int = Field(256, ge=8, description="feed-forward size")
     dropout: float = Field(0.2, ge=0, lt=1, description="hidden and attention dropout")
     mask_prob: float = Field(0.2, gt=0, lt=1, description="BERT4Rec: share of items masked per sequence")
-    # Full softmax over the catalog beats one sampled negative (Klenitskiy & Vasilev, RecSys 2023).
-    loss: Literal["ce", "bce"] = Field("ce", description="ce: full-softmax cross-entropy; bce: sampled negatives")
+    # Full softmax over the catalog beats one sampled negative (Klenitskiy & Vasilev, RecSys 2023), and
+    # sampled softmax with a few hundred shared negatives comes close to it at a fraction of the cost
+    # (gSASRec, eSASRec). auto: ce up to 50,000 items, sampled above (docs/training-at-scale.md).
+    loss: Literal["auto", "ce", "sampled", "bce"] = Field(
+        "auto", description="auto; ce: full softmax (chunked); sampled: sampled softmax; bce: the paper's loss")
     num_negatives: int = Field(1, ge=1, description="bce: negatives sampled per positive")
+    sampled: SampledSoftmaxSettings = Field(default_factory=lambda: SampledSoftmaxSettings(),
+                                            description="loss sampled: the shared negatives")
     # E4SRec's ID table comes from an encoder trained first; it is cheap next to E4SRec, so it may
     # train longer than E4SRec's own epoch budget.
     epochs: int | None = Field(None, ge=1, description="epochs for the ID encoder E4SRec uses; None = train.epochs")
@@ -213,7 +248,10 @@ class E4SRecSettings(_Section):
     fusion: Literal["concat", "weighted", "xattn", "film"] = Field("concat", description="how modalities combine")
     fusion_dim: int = Field(128, ge=8, description="width each modality is projected to before fusion")
     id_encoder: Literal["sasrec", "bert4rec", "gru4rec"] = Field("sasrec", description="pretrained ID table")
-    head: Literal["full", "sampled"] = Field("full", description="full: CE over all items; sampled softmax")
+    # auto: full up to 50,000 items, sampled above. The head is hidden x n_items; a full softmax over a
+    # million items costs hidden x 1M multiply-adds per position (docs/training-at-scale.md).
+    head: Literal["auto", "full", "sampled"] = Field(
+        "auto", description="full: CE over all items (chunked); sampled: sampled softmax; auto: by catalogue size")
     # free: the paper's Linear(hidden, items), one learned row per item. tied: each item's row is a
     # projection of its own fused ID + content vector (plus a bias): rare and new tracks score by
     # what they are. Both score every item in one matrix product. With content, tied rows of
@@ -221,7 +259,8 @@ class E4SRecSettings(_Section):
     # was tried"): free by default.
     head_weights: Literal["free", "tied", "hybrid"] = Field(
         "free", description="output rows: learned per item, from item vectors, or the sum of both")
-    num_sampled: int = Field(1024, ge=1, description="sampled head: negatives per batch")
+    sampled: SampledSoftmaxSettings = Field(default_factory=lambda: SampledSoftmaxSettings(negatives=1024),
+                                            description="sampled head: the shared negatives")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     # last: the paper's setup: instruction, history, response tokens; one readout (the final
     # response token) per sequence. every: the backbone attends causally (decoders do; encoders

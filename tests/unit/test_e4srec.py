@@ -73,7 +73,7 @@ def content_table(seed: int = 0) -> ContentTable:
 def make_model(backbone: Path, **settings: Any) -> E4SRec:
     torch.manual_seed(0)
     lora = {"r": 4, "alpha": 8, "dropout": 0.0} | settings.pop("lora", {})
-    settings = {"fusion_dim": 16, "num_sampled": 6} | settings
+    settings = {"fusion_dim": 16, "sampled": {"negatives": 6}} | settings
     dumped = E4SRecSettings(lora=lora, **settings).model_dump(mode="json")
     model = E4SRec(N_ITEMS, str(backbone), read_prompt(), dumped, ID_DIM, CONTENT_DIMS, max_len=8)
     model.set_item_tables(torch.randn(N_ITEMS + 1, ID_DIM), content_table())
@@ -246,7 +246,7 @@ def test_default_minilm_backbone_reads_item_vectors() -> None:
 @pytest.mark.parametrize("head_weights", ["free", "tied", "hybrid"])
 def test_sampled_head_gives_finite_loss_even_with_accidental_hits(llama_dir: Path, head_weights: str) -> None:
     # 64 draws from 20 items: hits are certain
-    model = make_model(llama_dir, head="sampled", num_sampled=64, head_weights=head_weights)
+    model = make_model(llama_dir, head="sampled", sampled={"negatives": 64}, head_weights=head_weights)
     loss = model.loss(make_batch())
     assert torch.isfinite(loss)
     loss.backward()

@@ -196,11 +196,21 @@ def test_bce_loss_with_sampled_negatives_decreases(model_cls: type[IdEncoder]) -
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
 
 
-@pytest.mark.parametrize("loss", ["ce", "bce"])
+@pytest.mark.parametrize("model_cls", MODELS)
+def test_sampled_softmax_with_shared_negatives_learns_the_cycle(model_cls: type[IdEncoder]) -> None:
+    torch.manual_seed(0)
+    model = small(model_cls, loss="sampled", sampled={"negatives": 16})
+    losses = train(model, steps=200)
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+    assert next_item_hit_rate(model) > 0.8
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce", "sampled"])
 @pytest.mark.parametrize("model_cls", MODELS)
 def test_losses_give_finite_gradients(model_cls: type[IdEncoder], loss: str) -> None:
     torch.manual_seed(0)
-    model = small(model_cls, loss=loss, num_negatives=3)
+    model = small(model_cls, loss=loss, num_negatives=3, sampled={"negatives": 8, "sampler": "mixed", "in_batch": 4})
+    model.set_item_counts(torch.arange(N_ITEMS + 1))  # popularity for the mixed sampler's half
     value = model.loss(cycle_batch(16))
     assert value.ndim == 0 and value.isfinite()
     value.backward()

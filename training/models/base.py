@@ -39,6 +39,22 @@ class SequenceModel(nn.Module):
             return self.score(batch["items"], batch["completion"])
         return self.loss(batch)
 
+    def set_item_counts(self, counts: torch.Tensor) -> None:
+        """Training plays per item, [n_items + 1] (row 0 padding): the popularity sampler's distribution.
+
+        A buffer that is not saved: it describes the training data, and scoring never samples.
+        """
+        from training.models.losses import popularity_cdf
+
+        counts = torch.as_tensor(counts)
+        if counts.shape != (self.n_items + 1,):
+            raise ValueError(f"item counts must be [{self.n_items + 1}], got {tuple(counts.shape)}")
+        self.register_buffer("_sampling_cdf", popularity_cdf(counts), persistent=False)
+
+    def sampling_cdf(self) -> torch.Tensor | None:
+        """The popularity sampler's cdf [n_items + 1], once ``set_item_counts`` ran; else None."""
+        return getattr(self, "_sampling_cdf", None)
+
     def tied_parameters(self) -> list[nn.Parameter]:
         """Parameters read outside their own module's forward (tied output tables): ZeRO-3 must
         gather them for the whole model's forward (``deepspeed.zero.register_external_parameter``)."""
@@ -82,18 +98,26 @@ class IdEncoder(SequenceModel):
 
     def __init__(self, n_items: int, max_len: int = 50, hidden: int = 64, layers: int = 2, heads: int = 2,
                  inner: int = 256, dropout: float = 0.2, mask_prob: float = 0.2, loss: str = "ce",
-                 num_negatives: int = 1) -> None:
+                 num_negatives: int = 1, sampled: dict[str, Any] | None = None) -> None:
         super().__init__(n_items)
-        from training.models.losses import check_loss
+        from training.models.losses import SampledSpec, check_loss, resolve_loss
 
         check_loss(loss, num_negatives)
         self.max_len, self.hidden, self.layers, self.heads, self.inner = max_len, hidden, layers, heads, inner
-        self.dropout_p, self.mask_prob, self.loss_type, self.num_negatives = dropout, mask_prob, loss, num_negatives
+        self.dropout_p, self.mask_prob, self.num_negatives = dropout, mask_prob, num_negatives
+        self.loss_setting = loss  # as configured ("auto" included), for config()
+        self.loss_type = resolve_loss(loss, n_items)  # what trains: ce, sampled or bce
+        self.sampled_settings = dict(sampled or {})
+        self.sampled = SampledSpec.from_settings(self.sampled_settings)
 
     def config(self) -> dict[str, Any]:
         return {"n_items": self.n_items, "max_len": self.max_len, "hidden": self.hidden, "layers": self.layers,
                 "heads": self.heads, "inner": self.inner, "dropout": self.dropout_p, "mask_prob": self.mask_prob,
-                "loss": self.loss_type, "num_negatives": self.num_negatives}
+                "loss": self.loss_setting, "num_negatives": self.num_negatives, "sampled": self.sampled_settings}
+
+    def loss_args(self) -> tuple[str, int, Any, torch.Tensor | None]:
+        """The trailing arguments of ``losses.sequence_loss`` for this model's loss setting."""
+        return self.loss_type, self.num_negatives, self.sampled, self.sampling_cdf()
 
     def item_embeddings(self) -> torch.Tensor:
         """The learned item table, [n_items + 1, hidden]; row 0 is padding."""
@@ -122,7 +146,7 @@ class NextItemEncoder(IdEncoder):
         targets = targets.masked_fill(inputs == 0, 0)
         hidden = self.encode(inputs)  # [B, L', H]
         targets = targets[:, -hidden.shape[1]:]
-        return sequence_loss(hidden, targets, self.item_emb.weight, self.loss_type, self.num_negatives)  # type: ignore[attr-defined]
+        return sequence_loss(hidden, targets, self.item_emb.weight, *self.loss_args())  # type: ignore[attr-defined]
 
     def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
         # ID encoders ignore completion; the argument is part of the SequenceModel contract.

@@ -86,7 +86,7 @@ class BERT4Rec(IdEncoder):
         inputs = items.masked_fill(masked, self.mask_token)
         targets = items.masked_fill(~masked, 0)  # only masked positions enter the loss
         hidden = self.encode(inputs)  # [B, L + 1, H]
-        return sequence_loss(hidden, targets, self.item_table(), self.loss_type, self.num_negatives)
+        return sequence_loss(hidden, targets, self.item_table(), *self.loss_args())
 
     def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
         # ID encoders ignore completion. Drop the oldest column and append [MASK]: the input stays L long.

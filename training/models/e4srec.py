@@ -25,8 +25,10 @@ Departures from the paper:
     - The ID table comes from a separately trained SASRec/BERT4Rec/GRU4Rec (an ``IdEncoder``), as
       in E4SRec, but is joined by content vectors through a fusion module (``fusion.py``).
     - Position ids skip the padding, so the prompt sits at the same positions for every length.
-    - ``head: sampled`` trains a sampled softmax (uniform negatives shared by the batch) for
-      catalogues where hidden x n_items logits per example are too costly; scoring is always full.
+    - ``head: sampled`` trains a sampled softmax (negatives shared by the batch, logQ-corrected,
+      ``losses.sampled_softmax``) for catalogues where hidden x n_items logits per example are too
+      costly; ``auto`` picks it above 50,000 items. ``full`` computes the softmax in item chunks.
+      Scoring is always exact over every item.
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from training.models.base import CONTENT_MODALITIES, Batch, ContentTable, SequenceModel, pad_logits
 from training.models.fusion import build_fusion
+from training.models.losses import SampledSpec, chunked_cross_entropy, draw_candidates, resolve_loss, sampled_softmax
 
-__all__ = ["DEFAULT_PROMPT", "E4SRec", "ItemHead", "default_backbone", "read_prompt"]
+__all__ = ["DEFAULT_PROMPT", "E4SRec", "ItemHead", "default_backbone", "describe_head", "head_size", "read_prompt"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,27 @@ def _lora_targets(backbone: nn.Module, requested: list[str] | str | None) -> lis
     return list(default)
 
 
+# fp32 weight, its gradient and AdamW's two moments: 16 bytes per trainable head parameter.
+ADAMW_BYTES_PER_PARAM = 16
+
+
+def head_size(hidden: int, n_items: int) -> tuple[int, int]:
+    """The free head's parameters (hidden x (n_items + 1) weights + bias) and their training bytes."""
+    params = (hidden + 1) * (n_items + 1)
+    return params, params * ADAMW_BYTES_PER_PARAM
+
+
+def describe_head(hidden: int, n_items: int) -> str:
+    """e.g. ``head: 384 × 1,000,000 = 384M parameters, ~6.1 GB with AdamW``."""
+    params, nbytes = head_size(hidden, n_items)
+    return (f"head: {hidden} × {n_items:,} = {_si(params)} parameters, ~{nbytes / 1e9:.1f} GB with AdamW "
+            f"(fp32 weights, gradients and two moments)")
+
+
+def _si(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
 class ItemHead(nn.Linear):
     """Linear(hidden -> n_items + 1) that can also score just a target and shared negatives.
 
@@ -152,13 +175,15 @@ class E4SRec(SequenceModel):
         unknown = sorted(set(modalities) - set(KNOWN_MODALITIES))
         if unknown:
             raise ValueError(f"unknown E4SRec modalities {unknown}; expected a subset of {list(KNOWN_MODALITIES)}")
-        self.head_kind = self.settings.get("head", "full")
-        if self.head_kind not in ("full", "sampled"):
-            raise ValueError(f"unknown E4SRec head {self.head_kind!r}; expected 'full' or 'sampled'")
+        head = self.settings.get("head", "auto")
+        if head not in ("auto", "full", "sampled"):
+            raise ValueError(f"unknown E4SRec head {head!r}; expected 'auto', 'full' or 'sampled'")
+        # auto follows the ID encoders' rule: full softmax up to AUTO_SAMPLED_ABOVE items.
+        self.head_kind = head if head != "auto" else ("full" if resolve_loss("auto", n_items) == "ce" else "sampled")
         self.head_weights = self.settings.get("head_weights", "free")
         if self.head_weights not in ("free", "tied", "hybrid"):
             raise ValueError(f"unknown E4SRec head_weights {self.head_weights!r}; expected 'free', 'tied' or 'hybrid'")
-        self.num_sampled = int(self.settings.get("num_sampled", 1024))
+        self.sampled = SampledSpec.from_settings(self.settings.get("sampled") or {"negatives": 1024})
         self.readout = self.settings.get("readout", "every")
         if self.readout not in ("every", "last"):
             raise ValueError(f"unknown E4SRec readout {self.readout!r}; expected 'every' or 'last'")
@@ -226,6 +251,10 @@ class E4SRec(SequenceModel):
             self.output_proj = nn.Linear(fusion_dim, hidden)
             if self.head_weights == "tied":
                 self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
+
+    def tied_parameters(self) -> list[nn.Parameter]:
+        # The full-softmax loss reads the free head's rows outside ItemHead.forward (chunked CE).
+        return [self.head.weight, self.head.bias] if self.head_weights in ("free", "hybrid") else []
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
@@ -302,9 +331,7 @@ class E4SRec(SequenceModel):
         target = items[:, -1]  # [B]
         h = self.user_states(items[:, :-1], completion[:, :-1])
         if self.head_kind == "full":
-            # Column 0 (padding) is never a class: drop it rather than -inf it; a pad target is ignored.
-            logits = self._logits(h)[:, 1:]  # [B, n]
-            return F.cross_entropy(logits.float(), target - 1, ignore_index=-1)
+            return self._full_loss(h, target)
         return self._sampled_loss(h, target)
 
     def _dense_loss(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
@@ -320,21 +347,46 @@ class E4SRec(SequenceModel):
         valid = (history != 0) & (targets != 0)
         h, target = states[valid], targets[valid]  # [N, H], [N]
         if self.head_kind == "full":
-            logits = self._logits(h)[:, 1:]  # [N, n]
-            return F.cross_entropy(logits.float(), target - 1)
+            return self._full_loss(h, target)
         return self._sampled_loss(h, target)
 
+    def _full_loss(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """CE over every item: h [N, H], target [N] (0 = pad, ignored). Column 0 is never a class."""
+        keep = target > 0
+        h, target = h[keep], target[keep]
+        if not target.numel():
+            return h.sum() * 0.0
+        rows, bias = self._head_rows(h.dtype)  # [n+1, H], [n+1] | None
+        return chunked_cross_entropy(h.to(rows.dtype), rows[1:], target - 1,
+                                     None if bias is None else bias[1:])
+
+    def _head_rows(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every item's output row and bias: [n+1, H] and [n+1] (None when there is none).
+
+        free: the head's own rows; tied: output_proj(fused item vectors) + item_bias; hybrid: the sum
+        of both rows with the free bias, exactly what ``_logits`` computes.
+        """
+        rows: torch.Tensor | None = None
+        bias: torch.Tensor | None = None
+        if self.head_weights in ("free", "hybrid"):
+            rows, bias = self.head.weight, self.head.bias
+        if self.head_weights in ("tied", "hybrid"):
+            tied = self.output_proj(self._fused(torch.arange(self.n_items + 1, device=self.output_proj.weight.device)))
+            rows = tied if rows is None else rows + tied.to(rows.dtype)
+            if self.head_weights == "tied":
+                bias = self.item_bias
+        assert rows is not None
+        return rows, bias
+
     def _sampled_loss(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        # Uniform negatives, shared by the batch: the logQ correction log(S / n) is one constant for
-        # every candidate, so it cancels in the softmax and is left out.
-        negatives = torch.randint(1, self.n_items + 1, (self.num_sampled,), device=h.device)  # [S]
-        logits = self._logits(h, target, negatives)  # [B, 1+S], target at column 0
-        # A negative that is the row's own target (an accidental hit) must not push the target down.
-        hits = torch.cat([torch.zeros_like(target, dtype=torch.bool).unsqueeze(1),
-                          negatives.unsqueeze(0) == target.unsqueeze(1)], dim=1)  # [B, 1+S]
-        logits = logits.float().masked_fill(hits, float("-inf"))
-        labels = torch.where(target > 0, 0, -100)  # a pad target is ignored
-        return F.cross_entropy(logits, labels, ignore_index=-100)
+        """Sampled softmax (``losses.sampled_softmax``): K shared negatives, logQ-corrected."""
+        keep = target > 0  # a pad target is ignored
+        h, target = h[keep], target[keep]
+        if not target.numel():
+            return h.sum() * 0.0
+        negatives, log_expected = draw_candidates(target, self.n_items, self.sampled, self.sampling_cdf())
+        logits = self._logits(h, target, negatives)  # [N, 1+K], target at column 0
+        return sampled_softmax(logits[:, 0], logits[:, 1:], target, negatives, log_expected)
 
     def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
         return pad_logits(self._logits(self.user_states(items, completion)))  # [B, n_items + 1]
