@@ -255,6 +255,30 @@ def test_sampled_head_gives_finite_loss_even_with_accidental_hits(llama_dir: Pat
     assert all(w.grad is not None for w in weights)
 
 
+@pytest.mark.parametrize("head_weights", ["free", "tied", "hybrid"])
+def test_full_head_loss_in_item_chunks_equals_the_dense_softmax(llama_dir: Path, head_weights: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    import torch.nn.functional as F
+
+    from training.models import e4srec as e4srec_module
+    from training.models.losses import chunked_cross_entropy
+
+    model = make_model(llama_dir, head="full", head_weights=head_weights).eval()
+    h, target = torch.randn(5, model.hidden), torch.tensor([1, 4, 7, 20, 2])
+    with torch.no_grad():
+        dense = F.cross_entropy(model._logits(h)[:, 1:], target - 1)
+        # 3 items per chunk: the 20-item catalogue takes 7 chunks, the last one short.
+        monkeypatch.setattr(e4srec_module, "chunked_cross_entropy", functools.partial(chunked_cross_entropy, chunk=3))
+        chunked = model._full_loss(h, target)
+    assert chunked.item() == pytest.approx(dense.item(), rel=1e-5)
+
+
+def test_auto_head_is_full_on_small_catalogues(llama_dir: Path) -> None:
+    assert make_model(llama_dir).head_kind == "full"  # 20 items, far under the 50,000 threshold
+
+
 def test_hybrid_head_is_the_free_rows_plus_the_tied_rows(llama_dir: Path) -> None:
     # Full logits and (target, negatives) logits of the hybrid head are free + tied, exactly.
     model = make_model(llama_dir, head_weights="hybrid").eval()

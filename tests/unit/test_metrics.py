@@ -267,3 +267,37 @@ def test_sampled_evaluate_is_deterministic_for_a_seed() -> None:
         again = evaluate_ranks(model, items, completion, targets, None, settings, batch_size=16, seed=7)
     assert torch.equal(first, again)
     assert int(first.max()) <= 10
+
+
+class MillionItemScorer(SequenceModel):
+    """Scores 1M items; the target item gets a score set by the newest history item (its rank)."""
+
+    def __init__(self, n_items: int) -> None:
+        super().__init__(n_items)
+        self.rows_seen: list[int] = []
+
+    def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+        self.rows_seen.append(items.shape[0])
+        scores = torch.arange(self.n_items + 1, dtype=torch.float32).flip(0).expand(items.shape[0], -1).clone()
+        scores[:, 0] = -INF
+        return scores  # item i scores n - i: item 1 ranks first, the target's rank is target - 1
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+
+def test_full_ranking_over_a_million_items_scores_in_bounded_batches_and_stays_exact() -> None:
+    from training.metrics import SCORE_BUDGET_BYTES, rows_per_forward
+
+    n = 1_000_000
+    model = MillionItemScorer(n)
+    targets = torch.tensor([1, 10, 999_999, 1_000_000] * 10)
+    items = torch.ones(len(targets), 3, dtype=torch.long) * 2  # history: item 2 only
+    history = sparse.csr_matrix((np.ones(len(targets)), (np.arange(len(targets)), np.full(len(targets), 2))),
+                                shape=(len(targets), n + 1))
+    ranks = evaluate_ranks(model, items, torch.full(items.shape, float("nan")), targets, history,
+                           EvalSettings(mask_history=True), batch_size=256)
+    assert max(model.rows_seen) == rows_per_forward(n) == 16  # not 256
+    assert max(model.rows_seen) * (n + 1) * 4 <= SCORE_BUDGET_BYTES
+    # Item 2 is masked, so every target above it moves up by one; ranks are exact at this size too.
+    assert ranks.tolist() == [0, 8, 999_997, 999_998] * 10
