@@ -12,7 +12,8 @@ Losses:
     dense    the old full softmax: one [B*T, n] logit matrix and its gradient (skipped where the
              estimate exceeds --max-dense-gb; the estimate is printed instead)
     ce       the exact full softmax in item chunks (training.models.losses.chunked_cross_entropy)
-    sampled  sampled softmax, 256 uniform negatives shared by the batch, logQ-corrected
+    sampled  sampled softmax with the defaults: 1,024 negatives shared by the batch (half uniform, half
+             by popularity), logQ-corrected
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def worker(items: int, loss: str, steps: int, batch: int, max_len: int) -> dict:
 
     torch.manual_seed(0)
     model = SASRec(n_items=items, max_len=max_len, loss="sampled" if loss == "sampled" else "ce")
+    # The default sampler draws half its negatives by training popularity: a Zipf-like count vector.
+    model.set_item_counts(torch.cat([torch.zeros(1), 1.0 / torch.arange(1, items + 1)]))
     if loss == "dense":
         # The code before chunking: F.cross_entropy over one [N, n] logit matrix.
         def dense(h, table, target, bias=None, chunk=None):  # type: ignore[no-untyped-def]

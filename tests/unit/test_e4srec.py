@@ -77,6 +77,7 @@ def make_model(backbone: Path, **settings: Any) -> E4SRec:
     dumped = E4SRecSettings(lora=lora, **settings).model_dump(mode="json")
     model = E4SRec(N_ITEMS, str(backbone), read_prompt(), dumped, ID_DIM, CONTENT_DIMS, max_len=8)
     model.set_item_tables(torch.randn(N_ITEMS + 1, ID_DIM), content_table())
+    model.set_item_counts(torch.arange(N_ITEMS + 1))  # the sampled head's popularity half
     return model
 
 

@@ -199,7 +199,7 @@ def test_bce_loss_with_sampled_negatives_decreases(model_cls: type[IdEncoder]) -
 @pytest.mark.parametrize("model_cls", MODELS)
 def test_sampled_softmax_with_shared_negatives_learns_the_cycle(model_cls: type[IdEncoder]) -> None:
     torch.manual_seed(0)
-    model = small(model_cls, loss="sampled", sampled={"negatives": 16})
+    model = small(model_cls, loss="sampled", sampled={"negatives": 16, "sampler": "uniform"})
     losses = train(model, steps=200)
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
     assert next_item_hit_rate(model) > 0.8

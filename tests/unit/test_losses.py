@@ -60,7 +60,7 @@ def test_a_position_never_scores_its_own_target_as_a_negative() -> None:
     torch.manual_seed(0)
     n = 3
     targets = torch.tensor([1, 2, 3, 1])
-    negatives, log_e = draw_candidates(targets, n, SampledSpec(negatives=64, in_batch=4))
+    negatives, log_e = draw_candidates(targets, n, SampledSpec(negatives=64, sampler="uniform", in_batch=4))
     assert all((negatives == t).any() for t in targets)
     neg = torch.randn(4, negatives.numel(), requires_grad=True)
     pos = torch.randn(4, requires_grad=True)
@@ -102,6 +102,11 @@ def test_auto_loss_is_full_softmax_up_to_the_threshold_and_sampled_above() -> No
     assert SASRec(n_items=AUTO_SAMPLED_ABOVE + 1, hidden=8, inner=8, layers=1, loss="auto").loss_type == "sampled"
 
 
+def test_a_popularity_sampler_without_training_counts_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="set_item_counts"):
+        draw_candidates(torch.tensor([1, 2]), 10, SampledSpec())  # the default sampler is mixed
+
+
 def test_sampled_sequence_loss_never_builds_item_wide_logits(monkeypatch: pytest.MonkeyPatch) -> None:
     # A 200,000-item table: every matrix product of the loss must be [positions, K], not [positions, n].
     torch.manual_seed(0)
@@ -118,7 +123,7 @@ def test_sampled_sequence_loss_never_builds_item_wide_logits(monkeypatch: pytest
         return out
 
     monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
-    loss = sequence_loss(hidden, targets, table, "sampled", sampled=SampledSpec(negatives=32))
+    loss = sequence_loss(hidden, targets, table, "sampled", sampled=SampledSpec(negatives=32, sampler="uniform"))
     loss.backward()
     assert widths and max(widths) == 32
     assert torch.isfinite(loss)

@@ -183,7 +183,7 @@ class E4SRec(SequenceModel):
         self.head_weights = self.settings.get("head_weights", "free")
         if self.head_weights not in ("free", "tied", "hybrid"):
             raise ValueError(f"unknown E4SRec head_weights {self.head_weights!r}; expected 'free', 'tied' or 'hybrid'")
-        self.sampled = SampledSpec.from_settings(self.settings.get("sampled") or {"negatives": 1024})
+        self.sampled = SampledSpec.from_settings(self.settings.get("sampled"))
         self.readout = self.settings.get("readout", "every")
         if self.readout not in ("every", "last"):
             raise ValueError(f"unknown E4SRec readout {self.readout!r}; expected 'every' or 'last'")

@@ -11,7 +11,7 @@ for their gradient: 128 x 50 positions x 143,460 items is 3.7 GB a batch, and ~2
 - ``chunked_cross_entropy``: the exact full-softmax CE, computed over item chunks with a running
   log-sum-exp; the backward pass recomputes each chunk's logits. Peak memory is [N, chunk], whatever
   n is; time still grows with N x n.
-- ``sampled_softmax``: K negatives per batch, shared by all positions (gSASRec, Petrov & Macdonald,
+- ``sampled_softmax``: K negatives per batch (default 1,024, half uniform, half by popularity), shared by all positions (gSASRec, Petrov & Macdonald,
   RecSys 2023; eSASRec, arXiv 2508.06450), with the logQ correction. Memory and time O(N x K).
 
 ``loss="auto"`` picks full CE up to ``AUTO_SAMPLED_ABOVE`` items and sampled softmax above it
@@ -29,9 +29,9 @@ import torch.nn.functional as F
 LOSSES: tuple[str, ...] = ("auto", "ce", "sampled", "bce")
 SAMPLERS: tuple[str, ...] = ("uniform", "popularity", "mixed")
 
-# Above this many items "auto" trains with sampled softmax. On Beauty (12k items) full CE and
-# sampled softmax with 256 negatives reached the same quality; at 100k items full CE runs at a
-# fraction of sampled's samples/s (docs/training-at-scale.md).
+# Above this many items "auto" trains with sampled softmax. On Beauty (12k items) full CE was the
+# best loss at an equal epoch budget (sampled: -5% NDCG@10); at 100k items it already ran at a
+# sixth of sampled's samples/s, at 1M at a fortieth (docs/training-at-scale.md).
 AUTO_SAMPLED_ABOVE = 50_000
 # One chunk's logits (float32) stay under this: [N, chunk] with N = B x T positions.
 CE_CHUNK_BYTES = 256 * 2**20
@@ -45,8 +45,8 @@ class SampledSpec:
     or mixed (half each); in_batch: up to this many of the batch's own targets join as negatives.
     """
 
-    negatives: int = 256
-    sampler: str = "uniform"
+    negatives: int = 1024
+    sampler: str = "mixed"
     in_batch: int = 0
 
     @classmethod
