@@ -118,8 +118,12 @@ class _Clips(click.ParamType):
               help="Audio clips for all tracks, none, or N random tracks (each clip ~66 KB).")
 @click.option("--clip-seconds", default=3.0, show_default=True, type=click.FloatRange(0.5, 30),
               help="Length of each audio clip.")
+# default = generator.DEFAULT_DROP_DURATIONS (not imported here: the generator pulls in numpy)
+@click.option("--drop-durations", default=0.015, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of catalog tracks written without a duration (truth/ keeps them all), "
+                   "e.g. 0.6 to exercise the duration estimator; real Last.fm logs have none.")
 def sample_data(out: Path, users: int, tracks: int, days: int, seed: int, end: Any, clips: int | None,
-                clip_seconds: float) -> None:
+                clip_seconds: float, drop_durations: float) -> None:
     """Generate a deterministic music world in the exact LastFM-1K formats.
 
     \b
@@ -134,7 +138,7 @@ def sample_data(out: Path, users: int, tracks: int, days: int, seed: int, end: A
     from encore.sample_world.generator import WorldConfig, generate_world
 
     cfg = WorldConfig(users=users, tracks=tracks, days=days, seed=seed, end=end.date(), clips=clips,
-                      clip_seconds=clip_seconds)
+                      clip_seconds=clip_seconds, drop_durations=drop_durations)
     stats = generate_world(cfg, out)
     rate = stats.listens / max(stats.seconds, 1e-9) * 60
     click.echo(f"sample world in {out}: {stats.listens:,} listens, {stats.sessions:,} sessions, "
@@ -220,9 +224,12 @@ def features(ctx: click.Context, start: Any, end: Any, as_json: bool) -> None:
     """Build the feature tables from the bronze lake (PySpark): sessions, completion, user/track days.
 
     \b
-    Writes lake/features/{listens,sessions,user_daily,track_daily}/date=YYYY-MM-DD/, the Feast sources.
+    Writes lake/features/{listens,sessions,user_daily,track_daily}/date=YYYY-MM-DD/, the Feast sources,
+    and lake/features/track_durations/: each track's duration from the catalog, else estimated from
+    the listening (gaps between a play's start and the next, else the artist's typical length).
     Without dates: incremental, recomputing from the first bronze day that changed since the last
-    run (nothing if none did). With --start/--end: a backfill of exactly those days, reading the
+    run, or from the first play of a track whose duration changed (nothing if neither). With
+    --start/--end: a backfill of exactly those days with the current durations, reading the
     31 days before them for the windows; partitions outside the range are not touched, and running
     the same backfill twice gives identical files. Sessions split after gaps longer than
     features.session_gap_minutes (default 30). The report is printed and kept in reports/features/.
@@ -245,11 +252,18 @@ def features(ctx: click.Context, start: Any, end: Any, as_json: bool) -> None:
         click.echo(f"  finished {report.recovered_publications} publication(s) left by an interrupted run")
     click.echo(f"  listens read {report.listens_read:,}; completion unknown: last of session "
                f"{report.completion_unknown_last_of_session:,}, "
+               f"same timestamp {report.completion_unknown_same_timestamp:,}, "
                f"no track duration {report.completion_unknown_duration:,}")
-    click.echo(f"  {'table':<12} {'rows':>10} {'partitions':>11} {'removed':>8}  nulls")
+    kinds = (("catalog", "catalog"), ("estimated_gaps", "from gaps"), ("estimated_artist", "from artist"),
+             ("unknown", "unknown"))
+    for what, counts in (("tracks", report.duration_tracks), ("listens", report.duration_listens)):
+        click.echo(f"  durations, {what:<8} " + ", ".join(f"{label} {counts.get(k, 0):,}" for k, label in kinds))
+    if report.durations_stale_since:
+        click.echo(f"  recomputed from {report.durations_stale_since}: tracks first played then got new durations")
+    click.echo(f"  {'table':<15} {'rows':>10} {'partitions':>11} {'removed':>8}  nulls")
     for name, t in report.tables.items():
         nulls = ", ".join(f"{c} {n:,}" for c, n in t.nulls.items() if n) or "-"
-        click.echo(f"  {name:<12} {t.rows:>10,} {t.partitions_written:>11,} {t.partitions_removed:>8,}  {nulls}")
+        click.echo(f"  {name:<15} {t.rows:>10,} {t.partitions_written:>11,} {t.partitions_removed:>8,}  {nulls}")
     click.echo(f"report: {Path(cfg.home).resolve() / 'reports' / 'features' / (report.run_id + '.json')}")
 
 
@@ -447,6 +461,14 @@ def _train_options(f: Any) -> Any:
         click.option("--seed", type=int, help="Random seed."),
         click.option("--split", type=click.Choice(["loo", "time"]), help="Leave-one-out, or a global time split."),
         click.option("--min-item-plays", type=click.IntRange(min=1), help="Vocabulary: tracks with this many plays."),
+        click.option("--loss", type=click.Choice(["auto", "ce", "sampled", "bce"]),
+                     help="ID encoders' loss. auto (default): full softmax up to 50,000 items, sampled above."),
+        click.option("--head", type=click.Choice(["auto", "full", "sampled"]),
+                     help="E4SRec's head loss; auto (default) follows the same rule."),
+        click.option("--negatives", type=click.IntRange(min=1),
+                     help="Sampled softmax: negatives per batch (ID encoders 256, E4SRec 1024 by default)."),
+        click.option("--sampler", type=click.Choice(["uniform", "popularity", "mixed"]),
+                     help="Sampled softmax: how negatives are drawn (default uniform)."),
     ]):
         f = opt(f)
     return f
@@ -455,8 +477,12 @@ def _train_options(f: Any) -> Any:
 def _train_changes(model: str | None, modalities: str | None, fusion: str | None, backbone: Path | None,
                    id_encoder: str | None, zero_stage: int | None, epochs: int | None, id_epochs: int | None,
                    max_len: int | None, batch_size: int | None, lr: float | None, seed: int | None,
-                   split: str | None, min_item_plays: int | None) -> dict[str, Any]:
-    return {"model": model, "e4srec.modalities": modalities.split(",") if modalities else None,
+                   split: str | None, min_item_plays: int | None, loss: str | None = None, head: str | None = None,
+                   negatives: int | None = None, sampler: str | None = None) -> dict[str, Any]:
+    return {"id.loss": loss, "e4srec.head": head, "id.sampled.negatives": negatives,
+            "e4srec.sampled.negatives": negatives, "id.sampled.sampler": sampler,
+            "e4srec.sampled.sampler": sampler,
+            "model": model, "e4srec.modalities": modalities.split(",") if modalities else None,
             "id.epochs": id_epochs, "max_len": max_len,
             "e4srec.fusion": fusion, "e4srec.backbone": str(backbone.resolve()) if backbone else None,
             "e4srec.id_encoder": id_encoder, "zero_stage": zero_stage, "epochs": epochs, "batch_size": batch_size,

@@ -4,6 +4,7 @@
     lake/features/sessions/date=D/     one row per session whose end is known on day D
     lake/features/user_daily/date=D/   user features as of the end of day D
     lake/features/track_daily/date=D/  track features as of the end of day D
+    lake/features/track_durations/     one file: every listened track's duration and its source
 
 Definitions (the contract the Feast views, the tests and ``bench/features.py`` share):
 
@@ -11,9 +12,13 @@ Definitions (the contract the Feast views, the tests and ``bench/features.py`` s
   starts at a user's first listen and after every gap *longer* than ``session_gap_minutes``.
   ``session_id`` = "s-" + sha1(user_id + U+001F + unix seconds of the session start)[:20];
   ``position`` is 1-based inside the session.
+* ``duration_s`` is the catalog's (bronze tracks), else the estimate from the listening of the
+  whole lake (``jobs/durations.py``: a quantile of the track's earliest in-session gaps, else its
+  artist's typical length); ``duration_source`` says which: catalog | estimated | unknown.
 * ``completion`` = min(1, (next_ts - ts) / duration_s) where next_ts is the next listen of the same
-  session. Null (unknown, never 0) for the last listen of a session and for tracks with no known
-  duration. Same-second listens give 0: the next one started at once.
+  session. Null (unknown, never 0) for the last listen of a session, for tracks with no duration,
+  and where the next listen has the same timestamp: minute-precision exports stamp several plays
+  alike, so a zero elapsed time says nothing about how much was heard.
 * Sessions: ``event_timestamp`` = last listen start + the gap, the moment the session is known to
   be over. length, duration_s (first to last start), mean_completion and skip_share (share of
   known completions below ``skip_below``) over known completions (null when none), distinct_artists.
@@ -38,7 +43,12 @@ start-31 to end+1 (the windows, completions that cross midnight) plus, for a use
 ``sequence_length`` listens in that lookback, their newest older listens (the sequence). Partitions are staged, made
 deterministic (pyarrow re-encode: same rows, same bytes, in any process), and swapped in with the
 journaled publication of ``encore.core.atomic``; partitions outside the range are not touched.
-Without a range, the run recomputes from the first bronze day that changed since the last run.
+Without a range, the run recomputes from the first bronze day that changed since the last run, or
+from the first play of any track whose duration or source differs from the stored
+``track_durations`` (new listens add gaps; a new catalog adds lengths), whichever is earlier, and
+republishes ``track_durations`` with the rest. A backfill (explicit range) uses the current
+durations but leaves ``track_durations`` as it was, so the next incremental run still sees what
+changed since and repairs the days outside the backfill.
 A session longer than the 31-day lookback (nonstop listening for a month) would be cut there.
 """
 
@@ -53,14 +63,22 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from encore.core import atomic, faults
 from encore.core.config import EncoreConfig, FeaturesConfig
-from encore.core.schemas import FEATURE_TABLES, LONG_WINDOW_DAYS, SHORT_WINDOW_DAYS
+from encore.core.schemas import (
+    FEATURE_TABLES,
+    LISTEN_FEATURE_COLUMNS,
+    LONG_WINDOW_DAYS,
+    SHORT_WINDOW_DAYS,
+    TRACK_DURATION_COLUMNS,
+    TRACK_DURATIONS_TABLE,
+)
 from encore.core.workspace import Workspace, partitions
+from jobs.durations import LISTEN_ORDER, estimate_durations, stale_since
 from jobs.lake import finalize_staged, reencode
 from jobs.spark import get_spark
 
@@ -68,7 +86,8 @@ log = logging.getLogger(__name__)
 
 LOOKBACK_DAYS = LONG_WINDOW_DAYS + 1  # the 30-day window, plus a day for completions crossing midnight
 MICRO = 1_000_000  # completion sums are integers in these units
-LISTEN_ORDER = ("ts", "track_id", "artist_id", "artist_name", "track_name")  # unique per user
+# Report keys for a duration's origin: source, and for estimates the method (jobs/durations.py).
+DURATION_KINDS = ("catalog", "estimated_gaps", "estimated_artist", "unknown")
 
 
 class FeaturesError(RuntimeError):
@@ -95,6 +114,12 @@ class FeaturesReport:
     listens_read: int = 0
     completion_unknown_last_of_session: int = 0  # listens in range whose session ends with them
     completion_unknown_duration: int = 0  # listens in range whose track has no known duration
+    completion_unknown_same_timestamp: int = 0  # listens in range whose next listen has the same ts
+    # The recompute reached back before the first changed bronze day for tracks whose duration
+    # changed: their first play (None when it did not).
+    durations_stale_since: str | None = None
+    duration_tracks: dict[str, int] = field(default_factory=dict)  # DURATION_KINDS -> listened tracks
+    duration_listens: dict[str, int] = field(default_factory=dict)  # DURATION_KINDS -> listens in range
     tables: dict[str, TableStats] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,7 +157,8 @@ def sessionize(listens: DataFrame, durations: DataFrame, fcfg: FeaturesConfig) -
     """Add session_id, position, rn (1-based order per user), next_ts and completion to ``listens``.
 
     ``listens``: user_id, ts, track_id, artist_id, artist_name, track_name (+ any extra columns).
-    ``durations``: track_id, duration_s (null or > 0).
+    ``durations``: track_id, duration_s (null or > 0), + any extra columns (duration_source...),
+    joined onto each listen; a track it lacks has a null duration.
     """
     gap = fcfg.session_gap_minutes * 60
     w = Window.partitionBy("user_id").orderBy(*LISTEN_ORDER)
@@ -148,7 +174,8 @@ def sessionize(listens: DataFrame, durations: DataFrame, fcfg: FeaturesConfig) -
     in_session = F.col("_next").isNotNull() & ((F.unix_seconds("_next") - sec) <= gap)
     next_ts = F.when(in_session, F.col("_next"))
     elapsed = F.unix_seconds("_next") - sec
-    completion = F.when(in_session & F.col("duration_s").isNotNull(),
+    # elapsed == 0: the next play has the same timestamp (minute precision), nothing is known.
+    completion = F.when(in_session & (elapsed > 0) & F.col("duration_s").isNotNull(),
                         F.least(F.lit(1.0), elapsed / F.col("duration_s")))
     sid = F.concat(F.lit("s-"), F.substring(F.sha1(F.concat_ws("\u001f", "user_id", F.col("_start").cast("string"))
                                                    .cast("binary")), 1, 20))
@@ -357,8 +384,19 @@ def _fingerprints(ws: Workspace) -> dict[str, str]:
     return out
 
 
+def _catalog_fingerprint(ws: Workspace) -> str:
+    """Fingerprint of the bronze tracks files: ingest rewrites them only when the catalog changes."""
+    files = sorted(ws.tracks.glob("*.parquet")) if ws.tracks.is_dir() else []
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
 def _state_path(ws: Workspace) -> Path:
     return ws.features / "_state.json"
+
+
+def _read_state(ws: Workspace) -> dict[str, Any]:
+    state_file = _state_path(ws)
+    return json.loads(state_file.read_text()) if state_file.exists() else {}
 
 
 def _config_key(fcfg: FeaturesConfig) -> dict[str, Any]:
@@ -397,11 +435,13 @@ def plan_range(ws: Workspace, fcfg: FeaturesConfig, start: date | None, end: dat
     return "incremental", s, last
 
 
-def _save_state(ws: Workspace, fcfg: FeaturesConfig, start: date, end: date) -> None:
+def _save_state(ws: Workspace, fcfg: FeaturesConfig, start: date, end: date, catalog: str | None) -> None:
     """Remember which bronze days the feature tables now reflect.
 
     Days after ``start`` are up to date when the run reached the lake's last day; otherwise (a
     backfill that stopped short) later days may still be stale, so their old fingerprints stay.
+    ``catalog``: the catalog fingerprint the published ``track_durations`` reflect (None: this
+    run published none, a backfill).
     """
     state_file = _state_path(ws)
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
@@ -418,7 +458,17 @@ def _save_state(ws: Workspace, fcfg: FeaturesConfig, start: date, end: date) -> 
     bronze = {d: fp for d, fp in state.get("bronze", {}).items() if d < lo}
     bronze.update({d: fp for d, fp in now.items() if d >= lo})
     state["bronze"] = bronze
+    if catalog is not None:
+        state["catalog"] = catalog
     atomic.write_json_atomic(state_file, state)
+
+
+def _durations_may_have_changed(ws: Workspace) -> bool:
+    """With no bronze listens day changed, durations can still move: a new catalog, or no stored
+    ``track_durations`` to compare with (tables built by backfills only)."""
+    stored = ws.feature_table(TRACK_DURATIONS_TABLE)
+    return (_read_state(ws).get("catalog") != _catalog_fingerprint(ws)
+            or not (stored.is_dir() and any(stored.glob("*.parquet"))))
 
 
 # --------------------------------------------------------------------------- writing
@@ -454,6 +504,41 @@ def _stage_table(df: DataFrame, name: str, stage: Path, ws: Workspace, start: da
     return swaps
 
 
+def _stage_durations(durations: DataFrame, stage: Path, ws: Workspace, stats: TableStats) -> atomic.Swap:
+    """Stage ``track_durations`` as one file sorted by track (same rows, same bytes); swapped whole."""
+    out = stage / TRACK_DURATIONS_TABLE
+    durations.coalesce(1).sortWithinPartitions("track_id").write.parquet(str(out))
+    finalize_staged(out)
+    stats.rows, stats.nulls = reencode(out)
+    stats.partitions_written = 1
+    return atomic.Swap(out, ws.feature_table(TRACK_DURATIONS_TABLE), ws.trash / stage.name / TRACK_DURATIONS_TABLE)
+
+
+def _duration_kind(source: Column, method: Column) -> Column:
+    """The report's DURATION_KINDS from a duration's source and method."""
+    return (F.when(source == "catalog", "catalog").when(method == "gaps", "estimated_gaps")
+            .when(method == "artist", "estimated_artist").otherwise("unknown"))
+
+
+def _lake(spark: SparkSession, ws: Workspace, fcfg: FeaturesConfig) -> tuple[DataFrame, DataFrame]:
+    """The bronze listens (one listing of the partitions, pruned per use) and every listened
+    track's duration (persisted: the plan, the join, the counts and the table all read it)."""
+    bronze = spark.read.parquet(str(ws.listens))
+    catalog = (spark.read.parquet(str(ws.tracks)).select("track_id", "artist_id", "duration_s")
+               if ws.tracks.is_dir() and any(ws.tracks.glob("*.parquet")) else None)
+    return bronze, estimate_durations(bronze, catalog, fcfg).persist()
+
+
+def _stale_since(spark: SparkSession, ws: Workspace, durations: DataFrame) -> date | None:
+    """The first play of the earliest track whose stored duration, source or method differs from
+    ``durations`` (every track, when none are stored); None when all agree."""
+    live = ws.feature_table(TRACK_DURATIONS_TABLE)
+    stored = live.is_dir() and any(live.glob("*.parquet"))
+    old = spark.read.parquet(str(live)) if stored else durations.limit(0)
+    row = stale_since(old, durations).first()
+    return None if row is None or row["since"] is None else row["since"]
+
+
 def build_features(cfg: EncoreConfig, start: date | None = None, end: date | None = None) -> FeaturesReport:
     """Compute the feature tables for [start, end] (a backfill) or whatever changed (incremental)."""
     t0 = time.perf_counter()
@@ -465,52 +550,78 @@ def build_features(cfg: EncoreConfig, start: date | None = None, end: date | Non
         shutil.rmtree(ws.tmp / "staging", ignore_errors=True)
         plan = plan_range(ws, fcfg, start, end)
         report = FeaturesReport(run_id=run_id, started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                                mode="up-to-date" if plan is None else plan[0], recovered_publications=recovered)
+                                mode="up-to-date", recovered_publications=recovered)
+        catalog = _catalog_fingerprint(ws)
+        bronze = durations = None
+        if plan is not None or _durations_may_have_changed(ws):
+            spark = get_spark(cfg.spark)
+            bronze, durations = _lake(spark, ws, fcfg)
+            if plan is None or plan[0] == "incremental":
+                since = _stale_since(spark, ws, durations)
+                last = date.fromisoformat(partitions(ws.listens)[-1])
+                if since is not None and (plan is None or since < plan[1]):
+                    # Listens of a track with a new duration hold stale completions from its first play.
+                    report.durations_stale_since = since.isoformat()
+                    plan = ("incremental", since, last)
         if plan is not None:
-            _, s, e = plan
-            report.start, report.end = s.isoformat(), e.isoformat()
+            mode, s, e = plan
+            report.mode, report.start, report.end = mode, s.isoformat(), e.isoformat()
             log.info("features %s: %s %s..%s", run_id, report.mode, s, e)
-            _run(cfg, ws, s, e, ws.staging(run_id), report)
-            _save_state(ws, fcfg, s, e)
+            assert bronze is not None and durations is not None
+            incremental = mode == "incremental"
+            if not incremental and "catalog" in (state := _read_state(ws)):
+                # The backfilled days may disagree with the stored durations: forgetting the catalog
+                # (before publishing, so a kill cannot skip it) makes the next incremental run
+                # compare the durations again and repair the days outside the backfill.
+                del state["catalog"]
+                atomic.write_json_atomic(_state_path(ws), state)
+            _run(cfg, ws, bronze, durations, s, e, ws.staging(run_id), report, publish_durations=incremental)
+            _save_state(ws, fcfg, s, e, catalog if incremental else None)
         else:
+            if durations is not None:  # a new catalog that changed no duration: nothing is stale
+                atomic.write_json_atomic(_state_path(ws), {**_read_state(ws), "catalog": catalog})
             log.info("features %s: every bronze day is already reflected; nothing to do", run_id)
+        if durations is not None:
+            durations.unpersist()
         report.seconds = round(time.perf_counter() - t0, 3)
         atomic.write_report(ws.reports("features"), run_id, report.to_dict())
     return report
 
 
-def _run(cfg: EncoreConfig, ws: Workspace, start: date, end: date, stage: Path, report: FeaturesReport) -> None:
-    spark = get_spark(cfg.spark)
+def _run(cfg: EncoreConfig, ws: Workspace, bronze: DataFrame, durations: DataFrame, start: date, end: date,
+         stage: Path, report: FeaturesReport, publish_durations: bool) -> None:
     fcfg = cfg.features
     stage.mkdir(parents=True)
-    bronze = spark.read.parquet(str(ws.listens))  # one listing of the partitions, pruned per use
     raw = _inputs(bronze, ws, start, end, fcfg.sequence_length)
-    durations = (spark.read.parquet(str(ws.tracks)).select("track_id", "duration_s")
-                 if ws.tracks.is_dir() and any(ws.tracks.glob("*.parquet"))
-                 else spark.createDataFrame([], "track_id string, duration_s double"))
-    lis_all = sessionize(raw, durations, fcfg).persist()
+    joined = durations.select("track_id", "duration_s", "duration_source", "duration_method")
+    lis_all = sessionize(raw, joined, fcfg).persist()
     lis = lis_all.filter(~F.col("tail"))
     day = F.to_date("ts")
     inside = _in_range(day, start, end)
     in_range = lis.filter(inside)
+    kind = _duration_kind(F.col("duration_source"), F.col("duration_method"))
     # One pass for the report's counts and `created` (the newest listen this run read: derived from
     # the data, so a rerun on the same lake writes the same bytes, and it moves when inputs do).
     counts = lis.agg(
         F.count(F.lit(1)).alias("read"), F.max("ts").alias("newest"),
         F.sum((inside & F.col("next_ts").isNull()).cast("int")).alias("last"),
-        F.sum((inside & F.col("duration_s").isNull()).cast("int")).alias("nodur")).first()
+        F.sum((inside & F.col("duration_s").isNull()).cast("int")).alias("nodur"),
+        F.sum((inside & (F.col("next_ts") == F.col("ts"))).cast("int")).alias("same"),
+        *[F.sum((inside & (kind == k)).cast("int")).alias(k) for k in DURATION_KINDS]).first()
     created = F.lit(counts["newest"])
     report.listens_read = int(counts["read"])
     report.completion_unknown_last_of_session = int(counts["last"] or 0)
     report.completion_unknown_duration = int(counts["nodur"] or 0)
-    # First play day per track over the whole lake: `date` is the partition column, so this scan
-    # reads one column of the bronze files.
-    first_seen = (bronze.groupBy("track_id")
-                  .agg(F.min("date").cast("timestamp").alias("first_seen")))
+    report.completion_unknown_same_timestamp = int(counts["same"] or 0)
+    report.duration_listens = {k: int(counts[k] or 0) for k in DURATION_KINDS}
+    per_kind = {r["k"]: r["count"] for r in durations.groupBy(
+        _duration_kind(F.col("duration_source"), F.col("duration_method")).alias("k")).count().collect()}
+    report.duration_tracks = {k: int(per_kind.get(k, 0)) for k in DURATION_KINDS}
+    # First play day per track over the whole lake (the durations table carries it).
+    first_seen = durations.select("track_id", F.col("first_played").cast("timestamp").alias("first_seen"))
+    listen_cols = {"event_timestamp": F.col("ts"), "created": created, "date": day}
     tables = {
-        "listens": in_range.select(
-            "user_id", "ts", "track_id", "artist_id", "session_id", "position", "duration_s", "next_ts",
-            "completion", F.col("ts").alias("event_timestamp"), created.alias("created"), day.alias("date")),
+        "listens": in_range.select(*[listen_cols.get(c, F.col(c)).alias(c) for c in LISTEN_FEATURE_COLUMNS]),
         "sessions": _sessions(lis, fcfg, created).filter(_in_range(F.col("date"), start, end)),
         "user_daily": _user_daily(lis, lis_all, fcfg, start, end, created),
         "track_daily": _track_daily(lis, first_seen, start, end, created),
@@ -521,9 +632,12 @@ def _run(cfg: EncoreConfig, ws: Workspace, start: date, end: date, stage: Path, 
         swaps += _stage_table(tables[name], name, stage, ws, start, end, stats)
         log.info("features: %s %d rows in %d partitions (%d removed)", name, stats.rows,
                  stats.partitions_written, stats.partitions_removed)
+    if publish_durations:
+        swaps.append(_stage_durations(durations.select(*TRACK_DURATION_COLUMNS), stage, ws,
+                                      report.tables.setdefault(TRACK_DURATIONS_TABLE, TableStats())))
     lis_all.unpersist()
     faults.point("features.staged")
     atomic.publish_run(swaps, ws.journals, stage, ws.trash / stage.name)
 
 
-__all__ = ["FeaturesError", "FeaturesReport", "build_features", "plan_range", "sessionize"]
+__all__ = ["DURATION_KINDS", "FeaturesError", "FeaturesReport", "build_features", "plan_range", "sessionize"]

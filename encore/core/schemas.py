@@ -39,6 +39,33 @@ USER_COLUMNS = ("user_id", "gender", "age", "country", "registered")
 
 # Feature tables under lake/features/ (see jobs/features.py for the exact definitions).
 FEATURE_TABLES = ("listens", "sessions", "user_daily", "track_daily")
+# lake/features/listens/date=D/: one row per listen.
+LISTEN_FEATURE_COLUMNS = (
+    "user_id", "ts", "track_id", "artist_id",
+    "session_id",  # string: "s-" + sha1(user, session start)[:20]
+    "position",  # int32, 1-based inside the session
+    "duration_s",  # double or null: the catalog's length, else the estimate (TRACK_DURATIONS_TABLE)
+    "duration_source",  # string, one of DURATION_SOURCES
+    "next_ts",  # timestamp or null: the next listen of the same session
+    "completion",  # double in [0, 1] or null (last of session, same-second next, unknown duration)
+    "event_timestamp", "created", "date",
+)
+# lake/features/track_durations/: one unpartitioned file, one row per track ever listened to.
+TRACK_DURATIONS_TABLE = "track_durations"
+TRACK_DURATION_COLUMNS = (
+    "track_id",
+    "duration_s",  # double or null
+    "duration_source",  # DURATION_SOURCES
+    "duration_method",  # DURATION_METHODS: how the value was found
+    "n_gaps",  # int32: in-session gaps that fed the estimate (at most features.duration_max_gaps)
+    "first_played",  # date: the track's first bronze day (how far back a changed estimate reaches)
+)
+DURATION_SOURCES = (
+    "catalog",  # the bronze tracks table (an ingested catalog) gives it: always wins
+    "estimated",  # from the listening: the track's own gaps, else its artist's typical length
+    "unknown",  # neither: completion stays null
+)
+DURATION_METHODS = ("catalog", "gaps", "artist", "none")
 # Content embeddings (jobs/embed.py): one encoder per modality, each with a version key.
 ENCODERS = ("lyrics", "audio", "metadata")
 TRACK_CONTENT_TABLE = "track_content"  # under lake/features/, one row per track

@@ -49,6 +49,7 @@ CATALOG_FILE = "catalog.jsonl"
 # ~13.7 kept, so 1,000 users x 365 days is ~5.0M listens (LastFM-1K averages ~12 per user-day).
 LISTENS_PER_USER_DAY = 14.5
 SESSION_GAP_S = 30 * 60  # the sessionization threshold the feature jobs use by default
+DEFAULT_DROP_DURATIONS = 0.015  # share of catalog tracks without a duration, unless asked otherwise
 P_EXPLORE, P_REPEAT = 0.12, 0.13
 COUNTRIES = ("United States", "United Kingdom", "Germany", "Japan", "Brazil", "Russian Federation",
              "Poland", "Sweden", "Finland", "Spain", "Mexico", "Canada", "France", "Korea, Republic of",
@@ -66,6 +67,10 @@ class WorldConfig:
     clip_seconds: float = 3.0
     sample_rate: int = 11025  # modest: enough for timbre and tempo up to ~5 kHz
     listens_per_user_day: float = LISTENS_PER_USER_DAY
+    # Share of tracks whose catalog entry has no duration (truth/tracks.parquet keeps every one).
+    # 1.5% is the catalog's usual gaps; real Last.fm logs have none at all, so a world for the
+    # duration estimator (jobs/features.py) drops most of them.
+    drop_durations: float = DEFAULT_DROP_DURATIONS
 
     def __post_init__(self) -> None:
         for name in ("users", "tracks", "days"):
@@ -75,6 +80,8 @@ class WorldConfig:
             raise ValueError("tracks must be >= 12 (at least one per style)")
         if self.clips is not None and self.clips < 0:
             raise ValueError(f"clips must be >= 0, got {self.clips}")
+        if not 0.0 <= self.drop_durations <= 1.0:
+            raise ValueError(f"drop_durations must be in [0, 1], got {self.drop_durations}")
 
 
 @dataclass
@@ -309,7 +316,9 @@ def generate_world(cfg: WorldConfig, out: Path, progress: bool | None = None) ->
     n_clips = T if cfg.clips is None else min(cfg.clips, T)
     with_clip = np.zeros(T, bool)
     with_clip[content_rng.choice(T, size=n_clips, replace=False)] = True
-    unknown_duration = content_rng.random(T) < 0.015  # the catalog does not know every length
+    # One draw per track whatever the share, so the content stream (lyrics, clips) is the same for
+    # every setting, and a larger share drops a superset of the tracks a smaller one drops.
+    unknown_duration = content_rng.random(T) < cfg.drop_durations  # the catalog does not know every length
     audio_dir = out / "audio"
     with open(out / CATALOG_FILE, "w", encoding="utf-8", newline="\n") as fh:
         for t in tqdm(range(T), desc="tracks", unit="track", disable=quiet, mininterval=1.0):
@@ -352,6 +361,8 @@ def generate_world(cfg: WorldConfig, out: Path, progress: bool | None = None) ->
                        files={"listens": str(listens_path), "profiles": str(out / PROFILES_FILE),
                               "catalog": str(out / CATALOG_FILE)})
     cfg_json = {k: (v.isoformat() if isinstance(v, date) else v) for k, v in asdict(cfg).items()}
+    if cfg.drop_durations == DEFAULT_DROP_DURATIONS:
+        del cfg_json["drop_durations"]  # listed only when set: older worlds keep their bytes
     (out / "world.json").write_text(json.dumps({"config": cfg_json, "styles": [s.name for s in STYLES],
                                                 "listens": stats.listens, "sessions": sessions,
                                                 "artists": stats.artists, "clips": n_clips}, indent=2) + "\n")

@@ -52,6 +52,8 @@ def test_cluster_profile_switches_every_engine(monkeypatch: pytest.MonkeyPatch) 
         ("feast:\n  online_store:\n    type: memcached\n", "feast.online_store.type"),
         ("ingest:\n  max_future_hours: -1\n", "ingest.max_future_hours"),
         ("spark: local\n", "spark"),
+        ("features:\n  duration_min_gaps: 9\n  duration_max_gaps: 5\n", "features"),
+        ("features:\n  duration_quantile: 1.5\n", "features.duration_quantile"),
     ],
 )
 def test_invalid_config_error_names_the_bad_key(tmp_path: Path, yaml_text: str, named: str) -> None:

@@ -95,6 +95,29 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) 
     assert (a / LISTENS_FILE).read_bytes() != (c / LISTENS_FILE).read_bytes()
 
 
+def test_drop_durations_blanks_a_share_of_catalog_lengths_and_truth_keeps_them_all(tmp_path: Path) -> None:
+    base = WorldConfig(users=5, tracks=400, days=6, seed=3, clips=0)
+    a, b = tmp_path / "default", tmp_path / "dropped"
+    generate_world(base, a, progress=False)
+    generate_world(WorldConfig(users=5, tracks=400, days=6, seed=3, clips=0, drop_durations=0.6), b, progress=False)
+    ca, cb = _catalog(a).set_index("track_id"), _catalog(b).set_index("track_id")
+    assert 0.5 < cb.duration_s.isna().mean() < 0.7
+    # The same draw decides: the default's few missing lengths are among the dropped ones, every
+    # other field is untouched, and so are the listens.
+    assert set(ca.index[ca.duration_s.isna()]) <= set(cb.index[cb.duration_s.isna()])
+    kept = cb.duration_s.notna()
+    assert (cb.duration_s[kept] == ca.duration_s[kept]).all()
+    assert cb.drop(columns="duration_s").equals(ca.drop(columns="duration_s"))
+    assert (a / LISTENS_FILE).read_bytes() == (b / LISTENS_FILE).read_bytes()
+    truth = pq.read_table(b / "truth" / "tracks.parquet").to_pandas().set_index("track_id")
+    assert truth.duration_s.notna().all() and (truth.duration_s[kept.index[kept]] == cb.duration_s[kept]).all()
+    # world.json names the setting only when it is not the default, so older worlds keep their bytes.
+    assert "drop_durations" not in json.loads((a / "world.json").read_text())["config"]
+    assert json.loads((b / "world.json").read_text())["config"]["drop_durations"] == 0.6
+    with pytest.raises(ValueError, match="drop_durations"):
+        WorldConfig(drop_durations=1.5)
+
+
 @pytest.mark.parametrize(("clips", "expected"), [(0, 0), (7, 7), (None, 30)])
 def test_clips_option_bounds_audio_on_disk(tmp_path: Path, clips: int | None, expected: int) -> None:
     stats = generate_world(WorldConfig(users=2, tracks=30, days=2, clips=clips), tmp_path, progress=False)
