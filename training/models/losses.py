@@ -11,8 +11,9 @@ for their gradient: 128 x 50 positions x 143,460 items is 3.7 GB a batch, and ~2
 - ``chunked_cross_entropy``: the exact full-softmax CE, computed over item chunks with a running
   log-sum-exp; the backward pass recomputes each chunk's logits. Peak memory is [N, chunk], whatever
   n is; time still grows with N x n.
-- ``sampled_softmax``: K negatives per batch (default 1,024, half uniform, half by popularity), shared by all positions (gSASRec, Petrov & Macdonald,
-  RecSys 2023; eSASRec, arXiv 2508.06450), with the logQ correction. Memory and time O(N x K).
+- ``sampled_softmax``: K negatives per batch (default 1,024, half uniform, half by popularity),
+  shared by all positions (gSASRec, Petrov & Macdonald, RecSys 2023; eSASRec, arXiv 2508.06450),
+  with the logQ correction. Memory and time O(N x K).
 
 ``loss="auto"`` picks full CE up to ``AUTO_SAMPLED_ABOVE`` items and sampled softmax above it
 (docs/training-at-scale.md has the measurements behind the threshold).
