@@ -36,8 +36,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pyspark.sql import functions as F
 
+from encore.core import lake
 from encore.core.config import EncoreConfig, FeaturesConfig, SparkConfig
-from encore.core.workspace import Workspace, partitions
+from encore.core.workspace import Workspace
 from encore.sample_world.generator import CATALOG_FILE, LISTENS_FILE, WorldConfig, generate_world
 from jobs.durations import LISTEN_ORDER, estimate_durations
 from jobs.spark import get_spark
@@ -145,10 +146,10 @@ def main() -> None:
         cfg = _lake(args, world, hide)
         ws = Workspace.at(cfg.home)
         spark = get_spark(cfg.spark)
-        bronze = spark.read.parquet(str(ws.listens))
+        bronze = spark.read.parquet(str(ws.listens)).drop("period")
         catalog = spark.read.parquet(str(ws.tracks)).select("track_id", "artist_id", "duration_s")
         gaps = _listen_gaps(ws, default.session_gap_minutes * 60)
-        days = partitions(ws.listens)
+        days = lake.days(ws.listens)
         cut = (pd.Timestamp(days[-1]).date() - timedelta(days=args.new_days - 1)).isoformat()
         scenario = "as generated" if hide == 0 else f"{hide:.0%} of plays unscrobbled (removed)"
         print(f"\n### {scenario}: {bronze.count():,} listens\n")

@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 
+from encore.core import lake
 from encore.core.config import EncoreConfig, SparkConfig
-from encore.core.workspace import Workspace, partitions
+from encore.core.workspace import Workspace
 
 LISTENS_FILE = "userid-timestamp-artid-artname-traid-traname.tsv"
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # ibis inside Feast
@@ -43,7 +44,7 @@ def _cfg(home: Path) -> EncoreConfig:
 def prepare(workdir: Path, users: int, tracks: int, days: int) -> Path:
     """A workspace with feature tables for a generated world (reused when already built)."""
     home = workdir / "home"
-    if partitions(Workspace.at(home).feature_table("user_daily")):
+    if lake.days(Workspace.at(home).feature_table("user_daily")):
         return home
     from encore.sample_world.generator import WorldConfig, generate_world
     from jobs.features import build_features
@@ -68,7 +69,7 @@ def child_materialize(home: Path, mode: str) -> dict:
 
     cfg = _cfg(home)
     ws = Workspace.at(home)
-    last = date.fromisoformat(partitions(ws.feature_table("user_daily"))[-1])
+    last = date.fromisoformat(lake.days(ws.feature_table("user_daily"))[-1])
     if mode == "pyarrow-read":
         t0 = time.perf_counter()
         t = ds.dataset(ws.feature_table("user_daily"), format="parquet", partitioning="hive").to_table()
@@ -147,7 +148,7 @@ def main() -> None:
         return
     home = args.home or prepare(args.workdir, args.users, args.tracks, args.days)
     ws = Workspace.at(home)
-    days = partitions(ws.feature_table("user_daily"))
+    days = lake.days(ws.feature_table("user_daily"))
     users = ds.dataset(ws.feature_table("user_daily"), format="parquet", partitioning="hive").to_table(
         columns=["user_id"]).column("user_id").unique()
     print(f"workspace {home}: user_daily over {len(days)} days ({days[0]} .. {days[-1]}), {len(users):,} users")

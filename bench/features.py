@@ -30,6 +30,7 @@ from pathlib import Path
 
 import duckdb
 
+from encore.core import lake as layout
 from encore.core.config import EncoreConfig, FeaturesConfig, SparkConfig
 from encore.core.schemas import FEATURE_TABLES, LONG_WINDOW_DAYS, SHORT_WINDOW_DAYS
 from encore.sample_world.generator import CATALOG_FILE, LISTENS_FILE, WorldConfig, generate_world
@@ -46,7 +47,7 @@ SET TimeZone = 'UTC';
 CREATE OR REPLACE TEMP TABLE durations AS {durations};
 CREATE OR REPLACE TEMP TABLE raw AS
     SELECT user_id, ts, track_id, artist_id, artist_name, track_name
-    FROM read_parquet('{listens}/date=*/*.parquet', hive_partitioning = true);
+    FROM read_parquet('{listens}/period=*/*.parquet', hive_partitioning = false);
 SET VARIABLE created = (SELECT max(ts) FROM raw);
 
 -- Listens in user order; a session starts at the first listen and after a gap > {gap}s: number
@@ -234,8 +235,8 @@ class World:
     listens: int
 
 
-def bronze_days(lake: Path) -> list[str]:
-    return sorted(p.name.split("=", 1)[1] for p in (lake / "bronze" / "listens").glob("date=*") if p.is_dir())
+def bronze_days(lake_root: Path) -> list[str]:
+    return layout.days(lake_root / "bronze" / "listens")
 
 
 def encore_config(home: Path) -> EncoreConfig:
@@ -321,7 +322,9 @@ def bench_spark(cfg: EncoreConfig) -> float:
 
 
 def _scan(root: Path, table: str) -> str:
-    return f"read_parquet('{root / table}/date=*/*.parquet', hive_partitioning = true)"
+    # Encore's tables: period folders with a date column; the DuckDB reference's: date= folders.
+    glob = "period=*" if (root / table).is_symlink() else "date=*"
+    return f"read_parquet('{root / table}/{glob}/*.parquet', hive_partitioning = {glob == 'date=*'})"
 
 
 def _same(col: str, typ: str) -> str:

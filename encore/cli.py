@@ -122,8 +122,12 @@ class _Clips(click.ParamType):
 @click.option("--drop-durations", default=0.015, show_default=True, type=click.FloatRange(0, 1),
               help="Share of catalog tracks written without a duration (truth/ keeps them all), "
                    "e.g. 0.6 to exercise the duration estimator; real Last.fm logs have none.")
+@click.option("--span-days", default=None, type=click.IntRange(min=1),
+              help="Spread the same listens over this many calendar days ending at --end: each user "
+                   "active over a window of their own (weeks to the whole span) with quiet weeks, "
+                   "as in long personal exports. E.g. 6935 for 19 years.")
 def sample_data(out: Path, users: int, tracks: int, days: int, seed: int, end: Any, clips: int | None,
-                clip_seconds: float, drop_durations: float) -> None:
+                clip_seconds: float, drop_durations: float, span_days: int | None) -> None:
     """Generate a deterministic music world in the exact LastFM-1K formats.
 
     \b
@@ -137,8 +141,10 @@ def sample_data(out: Path, users: int, tracks: int, days: int, seed: int, end: A
     """
     from encore.sample_world.generator import WorldConfig, generate_world
 
+    if span_days is not None and span_days < days:
+        raise click.BadParameter(f"--span-days ({span_days}) must be at least --days ({days})")
     cfg = WorldConfig(users=users, tracks=tracks, days=days, seed=seed, end=end.date(), clips=clips,
-                      clip_seconds=clip_seconds, drop_durations=drop_durations)
+                      clip_seconds=clip_seconds, drop_durations=drop_durations, span_days=span_days)
     stats = generate_world(cfg, out)
     rate = stats.listens / max(stats.seconds, 1e-9) * 60
     click.echo(f"sample world in {out}: {stats.listens:,} listens, {stats.sessions:,} sessions, "
@@ -163,8 +169,9 @@ def _print_table_report(name: str, rep: Any) -> None:
     if rep.replaced:
         click.echo(f"  replaced             {rep.replaced:>12,}")
     click.echo(f"  added                {rep.added:>12,}")
-    if rep.partitions_written:
-        p = rep.partitions_written
+    if getattr(rep, "days_changed", None):
+        d, p = rep.days_changed, rep.partitions_written
+        click.echo(f"  days changed         {len(d):>12,}  ({d[0]} .. {d[-1]})")
         click.echo(f"  partitions written   {len(p):>12,}  ({p[0]} .. {p[-1]})")
     for w in rep.warnings:
         click.echo(f"  warning: {w}")
@@ -830,7 +837,7 @@ def summary(ctx: click.Context, as_json: bool) -> None:
     if "listens" in s:
         li = s["listens"]
         click.echo(f"  listens  {li['rows']:>10,} rows  {li['users']:,} users  {li['tracks']:,} tracks  "
-                   f"{li['partitions']} days  {li['first']} .. {li['last']}")
+                   f"{li['days']:,} days in {li['partitions']} partitions  {li['first']} .. {li['last']}")
     if "tracks" in s:
         t = s["tracks"]
         click.echo(f"  tracks   {t['rows']:>10,} rows  lyrics {t['with_lyrics']:,}  audio {t['with_audio']:,}  "
@@ -841,7 +848,8 @@ def summary(ctx: click.Context, as_json: bool) -> None:
         parts = ", ".join(f"{r} {n:,}" for r, n in sorted(reasons.items()))
         click.echo(f"  quarantine/{table}: {parts}")
     for table, f in s.get("features", {}).items():
-        click.echo(f"  features/{table:<12} {f['rows']:>10,} rows  {f['partitions']} days  {f['first']} .. {f['last']}")
+        click.echo(f"  features/{table:<12} {f['rows']:>10,} rows  {f['days']:,} days in {f['partitions']} "
+                   f"partitions  {f['first']} .. {f['last']}")
     if "content" in s:
         c = s["content"]
         vecs = "  ".join(f"{e} {v['with_vector']:,} ({v['version']})" for e, v in c["encoders"].items())
@@ -851,9 +859,50 @@ def summary(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"  annotations (LLM genes): {a['valid']:,} valid, {a['quarantined']:,} quarantined")
 
 
+# --------------------------------------------------------------------------- lake
+@cli.group()
+def lake() -> None:
+    """The lake's layout: period partitions, snapshots (see docs/lake.md)."""
+
+
+@lake.command("migrate")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def lake_migrate(ctx: click.Context, as_json: bool) -> None:
+    """Rewrite the time-partitioned tables into the configured layout.
+
+    \b
+    Needed once for a workspace written by an older Encore (one date=YYYY-MM-DD folder per day),
+    and after changing lake.granularity. Rows are unchanged; only their folders move. Every
+    other job refuses such a workspace and names this command. A killed migration is finished
+    by running it again. Does nothing when every table is already in the layout.
+    """
+    from jobs.migrate import migrate
+
+    cfg = _config(ctx)
+    try:
+        rep = migrate(cfg)
+    except WorkspaceBusy as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+        return
+    if not rep.tables:
+        click.echo(f"lake: every table is already in {rep.granularity} periods; nothing to do")
+    for name, t in rep.tables.items():
+        click.echo(f"  {name:<20} {t['rows']:>12,} rows  {t['days']:>6,} days -> {t['periods']:>4} "
+                   f"{rep.granularity} partitions  (from {t['from']})")
+    click.echo(f"migrate {rep.run_id} done in {rep.seconds:.1f}s")
+
+
 def main() -> None:
+    from encore.core.lake import LakeLayoutError
+
     try:
         cli(standalone_mode=True)
+    except LakeLayoutError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

@@ -2,8 +2,10 @@
 
 Which workspace and which offline store come from the Encore config: ``ENCORE_CONFIG`` /
 ``ENCORE_HOME`` when set (``encore feast apply`` sets them), otherwise the embedded default at
-``../.encore``. The embedded DuckDB store reads the date partitions through a glob; the Spark
-store (cluster profile) reads the partitioned folder itself.
+``../.encore``. The embedded DuckDB store reads the period partitions through a glob; the Spark
+store (cluster profile) reads the partitioned folder itself. Both read through the table's link,
+so each query sees the snapshot that is live when it runs (``encore.core.lake``).
+The nightly lists (``user_recommendations``) keep one ``date=`` folder per night.
 """
 
 import os
@@ -22,7 +24,7 @@ _cfg = (load_config() if os.environ.get("ENCORE_CONFIG") or os.environ.get("ENCO
 _ws = Workspace.at(_cfg.home)
 
 
-def _source(table: str, description: str, by_date: bool = True,
+def _source(table: str, description: str, layout: str = "period",
             written_by: str = "jobs/features.py") -> FileSource | SparkSource:
     path = _ws.feature_table(table)
     common = dict(
@@ -34,7 +36,7 @@ def _source(table: str, description: str, by_date: bool = True,
     )
     if _cfg.feast.offline_store.type == "spark":
         return SparkSource(path=str(path), file_format="parquet", **common)
-    glob = "date=*/*.parquet" if by_date else "*.parquet"
+    glob = {"period": "period=*/*.parquet", "date": "date=*/*.parquet", "flat": "*.parquet"}[layout]
     return FileSource(path=f"{path}/{glob}", file_format=ParquetFormat(), **common)
 
 
@@ -42,11 +44,11 @@ user_daily_source = _source("user_daily", "User features as of the end of each d
 track_daily_source = _source("track_daily", "Track features as of the end of each day (change-point rows).")
 sessions_source = _source("sessions", "One row per session, stamped when the session is known to be over.")
 track_content_source = _source("track_content", "Content embeddings per track (current encoder versions).",
-                               by_date=False, written_by="jobs/embed.py")
+                               layout="flat", written_by="jobs/embed.py")
 
 # Nightly scoring's lists, one row per user and date. Scoring pushes each night's lists to the
 # online store through the push source and keeps them under lake/features/ for the offline side.
 user_recommendations_source = _source("user_recommendations", "Each night's top-K list per user.",
-                                      written_by="scoring/batch.py")
+                                      layout="date", written_by="scoring/batch.py")
 user_recommendations_push = PushSource(name="user_recommendations_push", batch_source=user_recommendations_source,
                                        description="Where `encore score` pushes tonight's lists (online).")

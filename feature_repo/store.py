@@ -25,11 +25,11 @@ import pandas as pd
 import pyarrow.dataset as ds
 import yaml
 
-from encore.core import faults
+from encore.core import faults, lake
 from encore.core.atomic import write_json_atomic
 from encore.core.config import EncoreConfig, dump_yaml
 from encore.core.schemas import CONTENT_VALID_FROM, FEATURE_TABLES, TRACK_CONTENT_TABLE
-from encore.core.workspace import Workspace, partitions
+from encore.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def _repo_env(cfg: EncoreConfig) -> Iterator[Path]:
 
 
 def _require_tables(ws: Workspace) -> None:
-    missing = [t for t in FEATURE_TABLES if not partitions(ws.feature_table(t))]
+    missing = [t for t in FEATURE_TABLES if not lake.days(ws.feature_table(t))]
     if missing:
         raise FeastError(f"no feature table(s) {', '.join(missing)} under {ws.features}: run `encore features` first")
 
@@ -215,9 +215,10 @@ def chunks(start: datetime, end: datetime, days: int) -> list[tuple[datetime, da
 
 
 def _source_rows(path: Path, start: datetime | None, end: datetime) -> int:
-    if not partitions(path):
+    files = lake.files(path)
+    if not files:
         return 0
-    t = ds.dataset(path, format="parquet", partitioning="hive")
+    t = ds.dataset(files, format="parquet")
     cond = ds.field("event_timestamp") <= pd.Timestamp(end)
     if start is not None:
         cond = cond & (ds.field("event_timestamp") >= pd.Timestamp(start))  # feast: both ends inclusive
@@ -236,7 +237,7 @@ def materialize(cfg: EncoreConfig, end: date | None = None, views: Sequence[str]
     ws = Workspace.at(cfg.home)
     _require_tables(ws)
     store = open_store(cfg)
-    last = max(date.fromisoformat(partitions(ws.feature_table(t))[-1]) for t in VIEW_TABLES.values())
+    last = max(date.fromisoformat(lake.days(ws.feature_table(t))[-1]) for t in VIEW_TABLES.values())
     end_ts = day_end(end or last)
     report = MaterializeReport(end=end_ts.isoformat())
     t0 = time.perf_counter()

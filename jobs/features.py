@@ -1,10 +1,11 @@
-"""Bronze listens -> feature tables (PySpark), each a Feast source partitioned by ``date``.
+"""Bronze listens -> feature tables (PySpark), each a Feast source with a ``date`` column and
+period partitions (``encore.core.lake``: period=YYYY-MM by default, published as one snapshot).
 
-    lake/features/listens/date=D/      one row per listen of day D: session, position, completion
-    lake/features/sessions/date=D/     one row per session whose end is known on day D
-    lake/features/user_daily/date=D/   user features as of the end of day D
-    lake/features/track_daily/date=D/  track features as of the end of day D
-    lake/features/track_durations/     one file: every listened track's duration and its source
+    lake/features/listens/       one row per listen of day ``date``: session, position, completion
+    lake/features/sessions/      one row per session whose end is known on day ``date``
+    lake/features/user_daily/    user features as of the end of day ``date``
+    lake/features/track_daily/   track features as of the end of day ``date``
+    lake/features/track_durations/  one file: every listened track's duration and its source
 
 Definitions (the contract the Feast views, the tests and ``bench/features.py`` share):
 
@@ -40,9 +41,10 @@ adds them in: the same input gives the same values, whichever partitions a run r
 
 A run covers a range of days [start, end] and reads only what those days need: listens from
 start-31 to end+1 (the windows, completions that cross midnight) plus, for a user with fewer than
-``sequence_length`` listens in that lookback, their newest older listens (the sequence). Partitions are staged, made
-deterministic (pyarrow re-encode: same rows, same bytes, in any process), and swapped in with the
-journaled publication of ``encore.core.atomic``; partitions outside the range are not touched.
+``sequence_length`` listens in that lookback, their newest older listens (the sequence). The
+periods holding the range are staged with the rows of their other days read back unchanged, made
+deterministic (pyarrow re-encode: same rows, same bytes, in any process), and published as one new
+snapshot per table (``encore.core.lake``); periods outside the range are hard-linked, untouched.
 Without a range, the run recomputes from the first bronze day that changed since the last run, or
 from the first play of any track whose duration or source differs from the stored
 ``track_durations`` (new listens add gaps; a new catalog adds lengths), whichever is earlier, and
@@ -68,6 +70,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from encore.core import atomic, faults
+from encore.core import lake as lk
 from encore.core.config import EncoreConfig, FeaturesConfig
 from encore.core.schemas import (
     FEATURE_TABLES,
@@ -77,9 +80,9 @@ from encore.core.schemas import (
     TRACK_DURATION_COLUMNS,
     TRACK_DURATIONS_TABLE,
 )
-from encore.core.workspace import Workspace, partitions
+from encore.core.workspace import Workspace
 from jobs.durations import LISTEN_ORDER, estimate_durations, stale_since
-from jobs.lake import finalize_staged, reencode
+from jobs.lake import finalize_staged, read_table, reencode, stage_periods
 from jobs.spark import get_spark
 
 log = logging.getLogger(__name__)
@@ -96,8 +99,8 @@ class FeaturesError(RuntimeError):
 
 @dataclass
 class TableStats:
-    rows: int = 0
-    partitions_written: int = 0
+    rows: int = 0  # rows in the periods this run rewrote
+    partitions_written: int = 0  # periods
     partitions_removed: int = 0
     nulls: dict[str, int] = field(default_factory=dict)  # column -> nulls (a NaN inside an array is not a null)
 
@@ -134,9 +137,9 @@ def _inputs(bronze: DataFrame, ws: Workspace, start: date, end: date, n_seq: int
     """
     lo, hi = start - timedelta(days=LOOKBACK_DAYS), end + timedelta(days=1)
     cols = ("user_id", "ts", "track_id", "artist_id", "artist_name", "track_name")
-    # Filters on the partition column: Spark reads only those days' files.
+    # Rows are sorted by date inside each period file: the filter skips row groups by their stats.
     df = bronze.filter(_in_range(F.col("date"), lo, hi)).select(*cols).withColumn("tail", F.lit(False))
-    if partitions(ws.listens)[0] < lo.isoformat():
+    if lk.days(ws.listens)[0] < lo.isoformat():
         # Only a user with fewer than n_seq listens between the lookback start and `start` has a
         # sequence reaching further back; only their newest n_seq older listens are read. (A session
         # that began before the lookback would need more, but that is a month of nonstop listening.)
@@ -376,12 +379,10 @@ def _track_daily(lis: DataFrame, first_seen: DataFrame, start: date, end: date, 
 
 # --------------------------------------------------------------------------- incremental state
 def _fingerprints(ws: Workspace) -> dict[str, str]:
-    """date -> fingerprint of its bronze listens files; ingest rewrites a day only when it changes."""
-    out = {}
-    for d in partitions(ws.listens):
-        files = sorted((ws.listens / f"date={d}").glob("*.parquet"))
-        out[d] = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-    return out
+    """date -> digest of its bronze listens (rows and a hash of them), from the listens manifest:
+    which days changed, without opening a file."""
+    m = lk.read_manifest(ws.listens)
+    return {} if m is None else {d: str(v["digest"]) for d, v in m.days.items()}
 
 
 def _catalog_fingerprint(ws: Workspace) -> str:
@@ -410,7 +411,7 @@ def plan_range(ws: Workspace, fcfg: FeaturesConfig, start: date | None, end: dat
     Returns (mode, start, end) or None when nothing changed since the last run. ``end`` is clipped
     to the last bronze day: rows for days the lake has not seen yet would claim a future.
     """
-    days = partitions(ws.listens)
+    days = lk.days(ws.listens)
     if not days:
         raise FeaturesError(f"no bronze listens under {ws.listens}: run `encore ingest` first")
     first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
@@ -481,27 +482,14 @@ SORT_KEYS = {
 }
 
 
-def _stage_table(df: DataFrame, name: str, stage: Path, ws: Workspace, start: date, end: date,
-                 stats: TableStats) -> list[atomic.Swap]:
-    out = stage / name
+def _stage_table(df: DataFrame, name: str, ws: Workspace, run_id: str, granularity: str, start: date, end: date,
+                 stats: TableStats) -> atomic.Repoint:
     t0 = time.perf_counter()
-    (df.repartition("date").sortWithinPartitions("date", *SORT_KEYS[name])
-     .write.partitionBy("date").parquet(str(out)))
-    finalize_staged(out)
-    t1 = time.perf_counter()
-    staged = set(partitions(out)) if out.is_dir() else set()
-    stats.rows, stats.nulls = reencode(out)  # deterministic bytes in any process
-    log.info("features: %s computed and written in %.1fs, re-encoded in %.1fs", name, t1 - t0,
-             time.perf_counter() - t1)
-    live = ws.feature_table(name)
-    swaps = [atomic.Swap(out / f"date={d}", live / f"date={d}", ws.trash / stage.name / name / f"date={d}")
-             for d in sorted(staged)]
-    lo, hi = start.isoformat(), end.isoformat()
-    gone = [d for d in partitions(live) if lo <= d <= hi and d not in staged]
-    swaps += [atomic.Swap(out / f"date={d}", live / f"date={d}", ws.trash / stage.name / name / f"date={d}",
-                          delete=True) for d in gone]
-    stats.partitions_written, stats.partitions_removed = len(staged), len(gone)
-    return swaps
+    staged = stage_periods(df, ws.feature_table(name), ws, run_id, granularity, start, end, SORT_KEYS[name])
+    stats.rows, stats.nulls = staged.rows, staged.nulls
+    stats.partitions_written, stats.partitions_removed = staged.periods_written, staged.periods_removed
+    log.info("features: %s computed, written and re-encoded in %.1fs", name, time.perf_counter() - t0)
+    return staged.repoint
 
 
 def _stage_durations(durations: DataFrame, stage: Path, ws: Workspace, stats: TableStats) -> atomic.Swap:
@@ -509,7 +497,7 @@ def _stage_durations(durations: DataFrame, stage: Path, ws: Workspace, stats: Ta
     out = stage / TRACK_DURATIONS_TABLE
     durations.coalesce(1).sortWithinPartitions("track_id").write.parquet(str(out))
     finalize_staged(out)
-    stats.rows, stats.nulls = reencode(out)
+    stats.rows, stats.nulls, _ = reencode(out)
     stats.partitions_written = 1
     return atomic.Swap(out, ws.feature_table(TRACK_DURATIONS_TABLE), ws.trash / stage.name / TRACK_DURATIONS_TABLE)
 
@@ -523,7 +511,8 @@ def _duration_kind(source: Column, method: Column) -> Column:
 def _lake(spark: SparkSession, ws: Workspace, fcfg: FeaturesConfig) -> tuple[DataFrame, DataFrame]:
     """The bronze listens (one listing of the partitions, pruned per use) and every listened
     track's duration (persisted: the plan, the join, the counts and the table all read it)."""
-    bronze = spark.read.parquet(str(ws.listens))
+    bronze = read_table(spark, ws.listens)
+    assert bronze is not None  # plan_range refused an empty lake
     catalog = (spark.read.parquet(str(ws.tracks)).select("track_id", "artist_id", "duration_s")
                if ws.tracks.is_dir() and any(ws.tracks.glob("*.parquet")) else None)
     return bronze, estimate_durations(bronze, catalog, fcfg).persist()
@@ -548,6 +537,9 @@ def build_features(cfg: EncoreConfig, start: date | None = None, end: date | Non
     with ws.lock("lake"):
         recovered = atomic.recover(ws.journals)
         shutil.rmtree(ws.tmp / "staging", ignore_errors=True)
+        for table in (ws.listens, *(ws.feature_table(t) for t in FEATURE_TABLES)):
+            lk.check_layout(table, cfg.lake.granularity)
+        lk.clean_orphans(ws.lake, [ws.feature_table(t) for t in FEATURE_TABLES])
         plan = plan_range(ws, fcfg, start, end)
         report = FeaturesReport(run_id=run_id, started_at=datetime.now(UTC).isoformat(timespec="seconds"),
                                 mode="up-to-date", recovered_publications=recovered)
@@ -558,7 +550,7 @@ def build_features(cfg: EncoreConfig, start: date | None = None, end: date | Non
             bronze, durations = _lake(spark, ws, fcfg)
             if plan is None or plan[0] == "incremental":
                 since = _stale_since(spark, ws, durations)
-                last = date.fromisoformat(partitions(ws.listens)[-1])
+                last = date.fromisoformat(lk.days(ws.listens)[-1])
                 if since is not None and (plan is None or since < plan[1]):
                     # Listens of a track with a new duration hold stale completions from its first play.
                     report.durations_stale_since = since.isoformat()
@@ -626,10 +618,10 @@ def _run(cfg: EncoreConfig, ws: Workspace, bronze: DataFrame, durations: DataFra
         "user_daily": _user_daily(lis, lis_all, fcfg, start, end, created),
         "track_daily": _track_daily(lis, first_seen, start, end, created),
     }
-    swaps: list[atomic.Swap] = []
+    swaps: list[atomic.Entry] = []
     for name in FEATURE_TABLES:
         stats = report.tables.setdefault(name, TableStats())
-        swaps += _stage_table(tables[name], name, stage, ws, start, end, stats)
+        swaps.append(_stage_table(tables[name], name, ws, stage.name, cfg.lake.granularity, start, end, stats))
         log.info("features: %s %d rows in %d partitions (%d removed)", name, stats.rows,
                  stats.partitions_written, stats.partitions_removed)
     if publish_durations:

@@ -1,6 +1,6 @@
 """Raw LastFM-1K files -> the bronze lake (PySpark).
 
-    listens  (userid-timestamp-artid-artname-traid-traname.tsv[.gz])  -> bronze/listens/date=YYYY-MM-DD/
+    listens  (userid-timestamp-artid-artname-traid-traname.tsv[.gz])  -> bronze/listens/period=YYYY-MM/
     profiles (userid-profile.tsv[.gz])                                -> bronze/users/
     catalog  (catalog.jsonl or .parquet)                              -> bronze/tracks/
 
@@ -8,8 +8,10 @@ Every raw row ends in exactly one place: a bronze table, the quarantine (with th
 raw bytes and one reason), or the report's duplicate / already-in-lake / header counts - so the
 counts always add up to the rows read. Output is staged under ``tmp/`` and published with atomic
 directory swaps (``encore.core.atomic``): a kill leaves the previous lake readable, and the next
-run rolls an interrupted publication forward. Listens merge into their date partitions; a rerun on
-the same input finds every listen already present and writes nothing.
+run rolls an interrupted publication forward. Listens merge into their period partitions (a month
+by default, ``encore.core.lake``): the periods that gain rows are rewritten, the others linked
+into the new snapshot as they are; a rerun on the same input finds every listen already present
+and writes nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import shutil
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +34,11 @@ from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
 from encore.core import atomic, faults, ids
+from encore.core import lake as lk
 from encore.core.config import EncoreConfig, IngestConfig
 from encore.core.schemas import CATALOG_REQUIRED, GENES, LISTEN_COLUMNS, LISTEN_KEY
-from encore.core.workspace import Workspace
-from jobs.lake import finalize_staged, partitions
+from encore.core.workspace import Workspace, partitions
+from jobs.lake import finalize_staged, period_col, read_table, stage_periods
 from jobs.spark import get_spark
 
 log = logging.getLogger(__name__)
@@ -70,7 +73,8 @@ class TableReport:
     already_in_lake: int = 0  # identical rows the lake already holds, skipped
     added: int = 0  # new rows (new keys)
     replaced: int = 0  # rows whose key existed with other values (tracks, users)
-    partitions_written: list[str] = field(default_factory=list)
+    days_changed: list[str] = field(default_factory=list)  # listens: days that gained rows
+    partitions_written: list[str] = field(default_factory=list)  # listens: periods rewritten
     warnings: list[str] = field(default_factory=list)  # what a person should look at (empty input, ...)
 
     def check(self, table: str) -> None:
@@ -221,12 +225,14 @@ def _count_reasons(rows: DataFrame, rep: TableReport) -> None:
             rep.quarantined[r["reason"]] = r["count"]
 
 
-def _ingest_listens(spark: SparkSession, sources: list[SourceFile], ws: Workspace, icfg: IngestConfig,
-                    stage: Path, now: datetime) -> tuple[TableReport, list[atomic.Swap]]:
+def _ingest_listens(spark: SparkSession, sources: list[SourceFile], ws: Workspace, cfg: EncoreConfig,
+                    run_id: str, now: datetime) -> tuple[TableReport, list[atomic.Entry]]:
     rep = TableReport()
+    stage = ws.staging(run_id)
+    gran = cfg.lake.granularity
     parsed = None
     for src in sources:
-        df = _parse_listens(spark, src, icfg, now)
+        df = _parse_listens(spark, src, cfg.ingest, now)
         parsed = df if parsed is None else parsed.unionByName(df)
     assert parsed is not None
     # Not cached: parsing a million lines again (1.4 s, measured) is cheaper than caching them with
@@ -241,37 +247,37 @@ def _ingest_listens(spark: SparkSession, sources: list[SourceFile], ws: Workspac
     n_unique = sum(per_date.values())
     rep.duplicates_in_input = n_good - n_unique
 
-    overlap = sorted(set(per_date) & set(partitions(ws.listens)))
-    existing = None
-    if overlap:
-        existing = (spark.read.option("basePath", str(ws.listens))
-                    .parquet(*[str(ws.listens / f"date={d}") for d in overlap])
-                    .select(*LISTEN_COLUMNS, "date"))
+    # Only the periods the input falls in are read back: a new night costs one month, not the lake.
+    periods = sorted({lk.period_of(date.fromisoformat(d), gran) for d in per_date})
+    existing = read_table(spark, ws.listens, periods) if periods else None
+    if existing is not None:
+        existing = existing.select(*LISTEN_COLUMNS, "date")
         fresh = unique.join(existing.select(*LISTEN_KEY), on=list(LISTEN_KEY), how="left_anti").persist()
         fresh_per_date = {r["date"].isoformat(): r["count"] for r in fresh.groupBy("date").count().collect()}
     else:
-        fresh, fresh_per_date = unique, per_date  # empty lake for these days: everything is new
+        fresh, fresh_per_date = unique, per_date  # empty lake for these periods: everything is new
     rep.added = sum(fresh_per_date.values())
     rep.already_in_lake = n_unique - rep.added
-    swaps: list[atomic.Swap] = []
+    swaps: list[atomic.Entry] = []
     if rep.added:
-        touched = sorted(fresh_per_date)
+        rep.days_changed = sorted(fresh_per_date)
+        written = sorted({lk.period_of(date.fromisoformat(d), gran) for d in rep.days_changed})
         out = fresh.select(*LISTEN_COLUMNS, "date")
         if existing is not None:
-            out = out.unionByName(existing.filter(F.col("date").isin(touched)))
-        # One file per day, rows in a fixed order: same rows -> same bytes.
-        (out.repartition("date").sortWithinPartitions("date", *LISTEN_KEY)
-         .write.partitionBy("date").parquet(str(stage / "listens")))
-        finalize_staged(stage / "listens")
-        rep.partitions_written = touched
-        swaps += [atomic.Swap(stage / "listens" / f"date={d}", ws.listens / f"date={d}",
-                              ws.trash / stage.name / "listens" / f"date={d}") for d in touched]
+            old = existing.filter(period_col(F.col("date"), gran).isin(*written))
+            out = out.unionByName(old)
+        first, last = lk.period_bounds(written[0])[0], lk.period_bounds(written[-1])[1]
+        staged = stage_periods(out, ws.listens, ws, run_id, gran, first, last, LISTEN_KEY,
+                               digest_columns=LISTEN_COLUMNS, keep_outside=False)
+        rep.partitions_written = written
+        swaps.append(staged.repoint)
     if rep.quarantined_total:
         swaps += _stage_quarantine(parsed, "listens", stage, ws)
     unique.unpersist()
     fresh.unpersist()
-    log.info("listens: %d duplicates in input, %d already in lake, %d added over %d days",
-             rep.duplicates_in_input, rep.already_in_lake, rep.added, len(rep.partitions_written))
+    log.info("listens: %d duplicates in input, %d already in lake, %d added over %d days (%d %s partitions)",
+             rep.duplicates_in_input, rep.already_in_lake, rep.added, len(rep.days_changed),
+             len(rep.partitions_written), gran)
     return rep, swaps
 
 
@@ -458,12 +464,14 @@ def ingest(cfg: EncoreConfig, inputs: IngestInputs) -> IngestReport:
         report.recovered_publications = atomic.recover(ws.journals)
         # Whatever staging is left belongs to killed runs (we hold the lock): it was never published.
         shutil.rmtree(ws.tmp / "staging", ignore_errors=True)
+        lk.check_layout(ws.listens, cfg.lake.granularity)
+        lk.clean_orphans(ws.lake, [ws.listens])
         stage = ws.staging(run_id)
         stage.mkdir(parents=True)
         spark = get_spark(cfg.spark)
-        swaps: list[atomic.Swap] = []
+        swaps: list[atomic.Entry] = []
         if listen_files:
-            report.listens, s = _ingest_listens(spark, listen_files, ws, cfg.ingest, stage, now)
+            report.listens, s = _ingest_listens(spark, listen_files, ws, cfg, run_id, now)
             swaps += s
         if catalog_file:
             report.tracks, s = _ingest_catalog(spark, catalog_file, ws, stage)

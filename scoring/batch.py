@@ -28,7 +28,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from encore.core import faults
+from encore.core import faults, lake
 from encore.core.atomic import Swap, new_run_id, publish_run, recover, write_report
 from encore.core.config import EncoreConfig, registered_model_name
 from encore.core.schemas import RECOMMENDATION_COLUMNS, USER_RECOMMENDATIONS_TABLE
@@ -100,9 +100,14 @@ def resolve_champion(cfg: EncoreConfig, model_name: str | None = None) -> Champi
 # -- inputs --------------------------------------------------------------------------------------
 
 def _table_files(ws: Workspace, table: str, day: date) -> list[str]:
+    """The files of ``table``'s periods up to the one holding ``day`` (callers filter ``date <= day``:
+    that period also holds later days)."""
     path = ws.feature_table(table)
-    days = [p for p in partitions(path) if p <= day.isoformat()]
-    return [str(f) for p in days for f in sorted((path / f"date={p}").glob("*.parquet"))]
+    manifest = lake.read_manifest(path)
+    if manifest is None:
+        return []
+    last = lake.period_of(day, manifest.granularity)
+    return [str(f) for f in lake.files(path, [p for p in manifest.periods() if p <= last])]
 
 
 def known_users(ws: Workspace, day: date) -> list[str]:
@@ -112,7 +117,8 @@ def known_users(ws: Workspace, day: date) -> list[str]:
         raise ScoringError(f"no user_daily rows up to {day} under {ws.feature_table('user_daily')}: "
                            "run `encore features`")
     with duckdb.connect() as con:
-        rows = con.execute("SELECT DISTINCT user_id FROM read_parquet(?) ORDER BY user_id", [files]).fetchall()
+        rows = con.execute("SELECT DISTINCT user_id FROM read_parquet(?) WHERE date <= ? ORDER BY user_id",
+                           [files, day]).fetchall()
     return [r[0] for r in rows]
 
 
@@ -126,10 +132,10 @@ def popular_tracks(ws: Workspace, day: date, n: int) -> pd.DataFrame:
         SELECT track_id, plays_7d FROM (
             SELECT track_id, plays_7d,
                    row_number() OVER (PARTITION BY track_id ORDER BY event_timestamp DESC, created DESC) AS rn
-            FROM read_parquet(?))
+            FROM read_parquet(?) WHERE date <= ?)
         WHERE rn = 1 AND plays_7d > 0 ORDER BY plays_7d DESC, track_id LIMIT ?"""
     with duckdb.connect() as con:
-        return con.execute(sql, [files, n]).df()
+        return con.execute(sql, [files, day, n]).df()
 
 
 def user_features(cfg: EncoreConfig, users: list[str], day: date, today: date) -> tuple[pd.DataFrame, str, str]:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from encore.core import lake
 from encore.core.config import EncoreConfig, TrainConfig
 from encore.core.workspace import Workspace
 from training.metrics import history_matrix
@@ -111,9 +112,10 @@ class Dataset:
 def read_listens(cfg: EncoreConfig) -> pd.DataFrame:
     """Per-user arrays from the listens table: user_id, track_ids, completions, ts (epoch s)."""
     table = Workspace.at(cfg.home).feature_table("listens")
-    if not any(table.glob("date=*/*.parquet")):
+    snap = lake.resolve(table)  # pinned: a publication during the read cannot mix two versions
+    if snap is None or not lake.files(table):
         raise DataError(f"no listens table under {table}: run `encore ingest` and `encore features` first")
-    glob = str(table / "date=*" / "*.parquet")
+    glob = lake.parquet_glob(snap)
     # Order within a user: start time, then position in the session, then id (exact ties).
     sql = f"""
         SELECT user_id,

@@ -94,6 +94,14 @@ class MlflowConfig(_Section):
     promotion_policy: Path | None = Field(None, description="promotion policy YAML; None = mlflow/promotion.yaml")
 
 
+class LakeConfig(_Section):
+    # Time-partitioned tables (bronze listens, the feature tables) keep one folder per period.
+    # A month holds LastFM-1K's 19M listens in 53 folders instead of 1,587 day folders, and keeps
+    # a nightly rewrite to one month's rows; docs/lake.md has the measurements behind the default.
+    granularity: Literal["month", "quarter", "year"] = Field(
+        "month", description="period of a time-partitioned table's folders (period=YYYY-MM | YYYY-Qn | YYYY)")
+
+
 class IngestConfig(_Section):
     # Listens before this are clock errors (LastFM-1K starts in 2005; scrobbling did not exist in 2000).
     min_timestamp: datetime = Field(datetime(2000, 1, 1), description="earliest plausible listen (UTC)")
@@ -335,6 +343,7 @@ class EncoreConfig(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     feast: FeastConfig = Field(default_factory=FeastConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    lake: LakeConfig = Field(default_factory=LakeConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)

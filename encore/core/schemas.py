@@ -39,7 +39,7 @@ USER_COLUMNS = ("user_id", "gender", "age", "country", "registered")
 
 # Feature tables under lake/features/ (see jobs/features.py for the exact definitions).
 FEATURE_TABLES = ("listens", "sessions", "user_daily", "track_daily")
-# lake/features/listens/date=D/: one row per listen.
+# lake/features/listens/ (period=P/ folders, a date column): one row per listen.
 LISTEN_FEATURE_COLUMNS = (
     "user_id", "ts", "track_id", "artist_id",
     "session_id",  # string: "s-" + sha1(user, session start)[:20]

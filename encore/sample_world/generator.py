@@ -71,6 +71,13 @@ class WorldConfig:
     # 1.5% is the catalog's usual gaps; real Last.fm logs have none at all, so a world for the
     # duration estimator (jobs/features.py) drops most of them.
     drop_durations: float = DEFAULT_DROP_DURATIONS
+    # Spread the same listens over this many calendar days ending at ``end`` (None: ``days``).
+    # Each user's ``days`` simulated days land, in order, on days of their own window of the span:
+    # windows of uneven length (weeks to the whole span), with quiet weeks in which they play
+    # nothing. Sessions stay whole; only the days between them grow. A long-history world with the
+    # rows of a short one, for the lake's cost per row (bench/longspan.py).
+    span_days: int | None = None
+    quiet_week_share: float = 0.3  # with span_days: share of a user's weeks without a play
 
     def __post_init__(self) -> None:
         for name in ("users", "tracks", "days"):
@@ -82,6 +89,10 @@ class WorldConfig:
             raise ValueError(f"clips must be >= 0, got {self.clips}")
         if not 0.0 <= self.drop_durations <= 1.0:
             raise ValueError(f"drop_durations must be in [0, 1], got {self.drop_durations}")
+        if self.span_days is not None and self.span_days < self.days:
+            raise ValueError(f"span_days ({self.span_days}) must be >= days ({self.days})")
+        if not 0.0 <= self.quiet_week_share < 1.0:
+            raise ValueError(f"quiet_week_share must be in [0, 1), got {self.quiet_week_share}")
 
 
 @dataclass
@@ -151,9 +162,32 @@ def _build_catalog(cfg: WorldConfig, rng: np.random.Generator) -> tuple[_Catalog
     return cat, meta
 
 
+def _day_map(cfg: WorldConfig, rng: np.random.Generator) -> np.ndarray:
+    """(days,) strictly increasing calendar day (0 = the span's first) of each simulated day."""
+    S, D = int(cfg.span_days or cfg.days), cfg.days
+    # Uneven activity spans, as in LastFM-1K: a U-shaped share of the span (some users a few
+    # weeks, some the whole history), never fewer days than there are simulated days.
+    length = int(np.clip(round(S * rng.beta(0.5, 0.5)), min(S, 2 * D), S))
+    first = int(rng.integers(0, S - length + 1))
+    days = np.arange(first, first + length)
+    quiet = rng.random(length // 7 + 1) < cfg.quiet_week_share
+    open_days = days[~quiet[(days - first) // 7]]
+    pool = open_days if len(open_days) >= D else days
+    return np.sort(rng.choice(pool, size=D, replace=False))
+
+
+def _spread(cfg: WorldConfig, ts: np.ndarray, s_day: np.ndarray, day0: int, rng: np.random.Generator
+            ) -> np.ndarray:
+    """Move each session (``s_day``: its simulated start day, per listen) to its calendar day."""
+    span0 = day0 + (cfg.days - int(cfg.span_days or cfg.days)) * 86400  # the span ends where the days end
+    cal = _day_map(cfg, rng)
+    return ts + (span0 - day0) + (cal[s_day] - s_day) * 86400
+
+
 def _simulate_user(cfg: WorldConfig, cat: _Catalog, rng: np.random.Generator, day0: int
-                   ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
-    """One user's listens in time order: ``(ts seconds (n,), track (n,), sessions, taste0, tasteN)``."""
+                   ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
+    """One user's listens in time order: ``(ts seconds (n,), track (n,), sessions, taste0, tasteN,
+    simulated start day of each listen's session (n,))``."""
     K, D = len(STYLES), cfg.days
     logits = np.log(rng.dirichlet(np.full(K, 0.3)) + 1e-4)
     logits = logits + np.cumsum(rng.normal(0.0, 0.07, size=(D, K)), axis=0)  # slow daily drift
@@ -170,7 +204,7 @@ def _simulate_user(cfg: WorldConfig, cat: _Catalog, rng: np.random.Generator, da
     s_day = np.repeat(active_days, n_sess)
     S = len(s_day)
     if S == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64), 0, taste[0], taste[-1]
+        return np.empty(0, np.int64), np.empty(0, np.int64), 0, taste[0], taste[-1], np.empty(0, np.int64)
     hour = rng.uniform(9, 21)
     nominal = s_day * 86400 + np.clip(rng.normal(hour, 3.5, S), 0, 23.95) * 3600
     order = np.argsort(nominal, kind="stable")
@@ -218,7 +252,7 @@ def _simulate_user(cfg: WorldConfig, cat: _Catalog, rng: np.random.Generator, da
     start = before + np.maximum.accumulate(nominal - before)
     ts = (day0 + start[sess] + offset).astype(np.int64)
     keep = ts < day0 + D * 86400
-    return ts[keep], track[keep], S, taste[0], taste[-1]
+    return ts[keep], track[keep], S, taste[0], taste[-1], s_day[sess][keep]
 
 
 def _write_listens(path: Path, user_ids: list[str], uix: np.ndarray, ts: np.ndarray, track: np.ndarray,
@@ -274,7 +308,8 @@ def generate_world(cfg: WorldConfig, out: Path, progress: bool | None = None) ->
     quiet = None if progress is None else not progress  # tqdm: None = bars only on a terminal
     out.mkdir(parents=True, exist_ok=True)
     root = np.random.SeedSequence(cfg.seed)
-    cat_seq, user_seq, content_seq = root.spawn(3)
+    # spawn(4): the first three children are those of spawn(3), so older worlds keep their bytes.
+    cat_seq, user_seq, content_seq, span_seq = root.spawn(4)
     cat_rng = np.random.default_rng(cat_seq)
     cat, meta = _build_catalog(cfg, cat_rng)
     T = cfg.tracks
@@ -287,8 +322,11 @@ def generate_world(cfg: WorldConfig, out: Path, progress: bool | None = None) ->
     ts_parts, tr_parts, ux_parts = [], [], []
     tastes0, tastesN, sessions = [], [], 0
     # One independent stream per user: user i's listens do not depend on how many users there are.
+    span_seqs = span_seq.spawn(cfg.users)
     for u, seq in enumerate(tqdm(user_seq.spawn(cfg.users), desc="users", unit="user", disable=quiet, mininterval=1.0)):
-        ts, tr, n_s, ta0, taN = _simulate_user(cfg, cat, np.random.default_rng(seq), day0)
+        ts, tr, n_s, ta0, taN, sd = _simulate_user(cfg, cat, np.random.default_rng(seq), day0)
+        if cfg.span_days is not None:
+            ts = _spread(cfg, ts, sd, day0, np.random.default_rng(span_seqs[u]))
         # LastFM-1K lists each user's listens newest first.
         ts_parts.append(ts[::-1])
         tr_parts.append(tr[::-1])
@@ -363,6 +401,8 @@ def generate_world(cfg: WorldConfig, out: Path, progress: bool | None = None) ->
     cfg_json = {k: (v.isoformat() if isinstance(v, date) else v) for k, v in asdict(cfg).items()}
     if cfg.drop_durations == DEFAULT_DROP_DURATIONS:
         del cfg_json["drop_durations"]  # listed only when set: older worlds keep their bytes
+    if cfg.span_days is None:
+        del cfg_json["span_days"], cfg_json["quiet_week_share"]
     (out / "world.json").write_text(json.dumps({"config": cfg_json, "styles": [s.name for s in STYLES],
                                                 "listens": stats.listens, "sessions": sessions,
                                                 "artists": stats.artists, "clips": n_clips}, indent=2) + "\n")

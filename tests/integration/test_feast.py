@@ -17,8 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from encore.cli import cli
+from encore.core import lake
 from encore.core.config import EncoreConfig
-from encore.core.workspace import Workspace, partitions
+from encore.core.workspace import Workspace
 from feature_repo import store
 from tests.conftest import copy_home
 
@@ -97,8 +98,7 @@ def test_a_value_written_after_an_example_never_appears_in_it(applied: EncoreCon
     row = table.sort_values("event_timestamp").iloc[len(table) // 2]
     t0 = row.event_timestamp + pd.Timedelta(hours=6)
     # A poison row one second after the example: if the join ever looked ahead, 999999 shows up.
-    day = partitions(ws.feature_table("user_daily"))[-1]
-    live = ws.feature_table("user_daily") / f"date={day}"
+    live = lake.files(ws.feature_table("user_daily"))[-1].parent
     schema = pq.ParquetFile(next(live.glob("*.parquet"))).schema_arrow
     poison = {c: [row[c]] for c in schema.names}
     poison.update(plays_30d=[999999], event_timestamp=[t0 + pd.Timedelta(seconds=1)],

@@ -11,13 +11,14 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
+from encore.core import lake
 from encore.core.config import EncoreConfig, FeaturesConfig
 from encore.core.schemas import FEATURE_TABLES, TRACK_DURATION_COLUMNS, TRACK_DURATIONS_TABLE
-from encore.core.workspace import Workspace, partitions
+from encore.core.workspace import Workspace
 from jobs.features import SORT_KEYS, FeaturesError, build_features, plan_range, sessionize
 from tests.conftest import LISTENS_FILE, copy_home, ingest_world, make_config
 from tests.fixtures import features_reference as ref
-from tests.fixtures.files import digest
+from tests.fixtures.files import day_rows, digest
 
 pytestmark = pytest.mark.integration
 
@@ -224,15 +225,20 @@ def test_track_days_match_the_plain_definitions_as_of_every_day(built) -> None:
 
 # --------------------------------------------------------------------------- backfills
 def _partition_digests(ws: Workspace) -> dict[str, str]:
-    return {f"{t}/{d}": digest(ws.feature_table(t) / f"date={d}")
-            for t in FEATURE_TABLES for d in partitions(ws.feature_table(t))}
+    """``{table/day: digest of the day's rows}``: what a backfill may and may not change."""
+    return {f"{t}/{d}": h for t in FEATURE_TABLES for d, h in day_rows(ws.feature_table(t)).items()}
+
+
+def _file_digests(ws: Workspace) -> dict[str, str]:
+    """``{table/period=P/file: sha256}`` of every live file."""
+    return {f"{t}/{k}": v for t in FEATURE_TABLES for k, v in digest(ws.feature_table(t)).items()}
 
 
 def test_backfill_replaces_only_its_range_identically_each_time(built, tmp_path: Path) -> None:
     cfg = copy_home(built[0], tmp_path / "home")
     ws = Workspace.at(cfg.home)
-    before = _partition_digests(ws)
-    days = partitions(ws.listens)
+    before, files_before = _partition_digests(ws), _file_digests(ws)
+    days = lake.days(ws.listens)
     start, end = date.fromisoformat(days[10]), date.fromisoformat(days[14])
     tables_before = {t: read_table(ws, t) for t in FEATURE_TABLES}
 
@@ -240,12 +246,19 @@ def test_backfill_replaces_only_its_range_identically_each_time(built, tmp_path:
     assert (rep.mode, rep.start, rep.end) == ("backfill", start.isoformat(), end.isoformat())
     first = _partition_digests(ws)
     inside = {k for k in before if start.isoformat() <= k.split("/")[1] <= end.isoformat()}
-    assert inside and all(first[k] == before[k] for k in before if k not in inside)  # outside: byte for byte
+    assert inside and set(first) == set(before)
+    assert all(first[k] == before[k] for k in before if k not in inside)  # other days: the same rows
+    # Files of months the range does not touch are the same files (hard links), byte for byte.
+    touched = set(lake.periods_between(start, end, cfg.lake.granularity))
+    files_after = _file_digests(ws)
+    outside = {k for k in files_before if k.split("/")[1].startswith("period=")
+               and k.split("/")[1][len("period="):] not in touched}
+    assert all(files_after.get(k) == files_before[k] for k in outside)
     # Inside: the same values as the full run (only `created` differs: it is the newest listen read).
     assert_same_values(tables_before, ws)
 
     build_features(cfg, start, end)
-    assert _partition_digests(ws) == first  # the same backfill twice: identical files
+    assert _file_digests(ws) == files_after  # the same backfill twice: identical files
 
 
 def test_backfill_range_errors_are_clear(built) -> None:
@@ -294,15 +307,15 @@ def test_the_same_backfill_from_the_cli_in_another_process_writes_identical_file
 
     cfg = copy_home(built[0], tmp_path / "home")
     ws = Workspace.at(cfg.home)
-    days = partitions(ws.listens)
+    days = lake.days(ws.listens)
     start, end = days[3], days[5]
     build_features(cfg, date.fromisoformat(start), date.fromisoformat(end))
-    here = _partition_digests(ws)
+    here = _file_digests(ws)
     out = subprocess.run([sys.executable, "-m", "encore", "--home", str(cfg.home), "-q", "features",
                           "--start", start, "--end", end], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert f"backfill {start} .. {end}" in out.stdout
-    assert _partition_digests(ws) == here  # another JVM, the same bytes
+    assert _file_digests(ws) == here  # another JVM, the same bytes
 
 
 @pytest.mark.slow
@@ -322,7 +335,7 @@ def test_backfill_after_a_long_history_reads_back_for_a_returning_users_sequence
     build_features(cfg)
     ws = Workspace.at(cfg.home)
     full = {t: read_table(ws, t) for t in FEATURE_TABLES}
-    days = partitions(ws.listens)
+    days = lake.days(ws.listens)
     build_features(cfg, date.fromisoformat(days[-5]), date.fromisoformat(days[-1]))
     assert_same_values(full, ws)
     last = read_table(ws, "user_daily")

@@ -13,9 +13,10 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
+from encore.core import lake
 from encore.core.config import EncoreConfig
 from encore.core.schemas import FEATURE_TABLES
-from encore.core.workspace import Workspace, partitions
+from encore.core.workspace import Workspace
 from jobs.features import build_features
 from tests.conftest import copy_home
 from tests.fixtures.files import digest
@@ -30,7 +31,7 @@ def _digests(ws: Workspace) -> dict[str, str]:
 @pytest.mark.parametrize("fault", ["features.staged", "publish.mid_swap"])
 def test_killed_backfill_leaves_tables_readable_and_rerun_matches_uninterrupted(
         featured_home: EncoreConfig, tmp_path: Path, fault: str) -> None:
-    days = partitions(Workspace.at(featured_home.home).listens)
+    days = lake.days(Workspace.at(featured_home.home).listens)
     start, end = date.fromisoformat(days[5]), date.fromisoformat(days[9])
     reference = copy_home(featured_home, tmp_path / "reference")
     build_features(reference, start, end)

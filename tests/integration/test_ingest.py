@@ -16,7 +16,7 @@ from encore.core import ids
 from encore.core.workspace import Workspace
 from jobs.ingest import IngestError, IngestInputs, ingest
 from tests.fixtures import raw
-from tests.fixtures.files import digest
+from tests.fixtures.files import day_rows, digest
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,8 @@ def test_listen_report_counts_each_reason_in_the_fixture(spark, cfg, tmp_path: P
     assert rep.added == exp["added"]
     assert rep.rows_read == (rep.header_lines + rep.quarantined_total + rep.duplicates_in_input
                              + rep.already_in_lake + rep.added)
-    assert rep.partitions_written == ["2009-05-01", "2009-05-03", "2009-05-04"]
+    assert rep.days_changed == ["2009-05-01", "2009-05-03", "2009-05-04"]
+    assert rep.partitions_written == ["2009-05"]  # one month folder, not one per day
 
 
 def test_kept_listens_keep_unicode_and_get_derived_ids_python_agrees_with(spark, cfg, tmp_path: Path) -> None:
@@ -116,20 +117,26 @@ def test_rerun_on_same_input_changes_nothing(spark, cfg, small_world) -> None:
 def test_second_file_with_new_days_adds_only_those_days(spark, cfg, small_world, tmp_path: Path) -> None:
     world, stats = small_world
     lines = (world / "userid-timestamp-artid-artname-traid-traname.tsv").read_bytes().splitlines(keepends=True)
-    cut = b"\t2009-04-28T"  # the world ends 2009-05-04: split off its last week
+    cut = b"\t2009-05-01T"  # the world ends 2009-05-04: split off its last four days
     old = [ln for ln in lines if ln.split(b"\t")[1] < cut[1:]]
     new = [ln for ln in lines if ln.split(b"\t")[1] >= cut[1:]]
     (tmp_path / "old.tsv").write_bytes(b"".join(old))
     (tmp_path / "new.tsv").write_bytes(b"".join(new + old[:50]))  # overlap: already-ingested rows
     ingest(cfg, IngestInputs(listens=(tmp_path / "old.tsv",)))
     ws = Workspace.at(cfg.home)
-    before = digest(ws.listens)
+    before, before_days = digest(ws.listens), day_rows(ws.listens)
     rep = ingest(cfg, IngestInputs(listens=(tmp_path / "new.tsv",))).listens
     assert rep.added == len(new) and rep.already_in_lake == 50
-    assert rep.partitions_written == [f"2009-04-{d}" for d in (28, 29, 30)] + [f"2009-05-0{d}" for d in range(1, 5)]
+    assert rep.days_changed == [f"2009-05-0{d}" for d in range(1, 5)]
+    # Only May is rewritten: the 50 April rows were already there, so April gains nothing.
+    assert rep.partitions_written == ["2009-05"]
     after = digest(ws.listens)
-    untouched = {k: v for k, v in after.items() if not any(d in k for d in rep.partitions_written)}
-    assert untouched == before  # older partitions byte for byte the same
+
+    def untouched(d: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in d.items() if k.startswith("period=") and k.split("/")[0][7:] < "2009-05"}
+    assert untouched(after) and untouched(after) == untouched(before)  # older months byte for byte the same
+    old_days = {d: h for d, h in day_rows(ws.listens).items() if d < "2009-05-01"}
+    assert old_days == {d: h for d, h in before_days.items()}  # and every older day's rows
     assert _table(ws.listens).num_rows == stats.listens
 
 

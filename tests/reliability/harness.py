@@ -25,6 +25,8 @@ from typing import Any
 
 import pyarrow.dataset as ds
 
+from encore.core.lake import SNAPSHOTS
+
 REPO = Path(__file__).resolve().parents[2]
 # Columns stamped with the wall clock or a run id. Everything else must match exactly.
 VOLATILE = frozenset({
@@ -100,12 +102,22 @@ def _rows(files: list[Path]) -> list[str]:
     return sorted(json.dumps({c: r[c] for c in keep}, default=str, sort_keys=True) for r in t.select(keep).to_pylist())
 
 
+def _live_parquet(root: Path) -> list[Path]:
+    """Every parquet file a reader can reach under ``root``: through the tables' links into their
+    live snapshots, never into ``lake/_snapshots`` itself (old and unpublished snapshots)."""
+    out = []
+    for dirpath, dirs, names in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if d != SNAPSHOTS]
+        out += [Path(dirpath) / n for n in names if n.endswith(".parquet")]
+    return sorted(out)
+
+
 def data_groups(home: Path) -> dict[tuple[str, str], list[str]]:
     """Every readable dataset under the data roots, per (table, partition), as a sorted row set."""
     groups: dict[tuple[str, str], list[Path]] = {}
     for root_name in DATA_ROOTS:
         root = home / root_name
-        for f in sorted(root.rglob("*.parquet")) if root.is_dir() else []:
+        for f in _live_parquet(root) if root.is_dir() else []:
             groups.setdefault(_group_key(f, home), []).append(f)
     return {k: _rows(v) for k, v in sorted(groups.items())}
 
