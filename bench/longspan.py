@@ -10,14 +10,22 @@ Then runs, for each, in this process with Spark already warm:
 and prints each step's seconds, microseconds per row and the ratio long / short. The goal is a
 ratio <= 1.5x for each step (the day-partitioned layout measured 1.6x, 6x and 4.8x on a real lake).
 ``--granularity`` runs the long world once per given period size, to compare them.
+``--baseline REV`` also runs both worlds with the code of git revision REV (e.g. the last commit
+with one folder per day), in a child process from a worktree, warmed up the same way: the
+before/after of a layout change, measured in the same run.
 
     .venv/bin/python bench/longspan.py [--users 100 --tracks 3000 --days 90 --span-days 6935]
+                                       [--granularity month,quarter,year] [--baseline 8aa2cbc]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import date
@@ -78,6 +86,51 @@ def run_pipeline(name: str, world: Path, home: Path, granularity: str) -> Run:
     return run
 
 
+# Runs in a child with another revision's code first on sys.path: only APIs every revision has.
+BASELINE_CHILD = r"""
+import json, shutil, sys, time
+from pathlib import Path
+from encore.core.config import EncoreConfig, SparkConfig
+from feature_repo import store
+from jobs.features import build_features
+from jobs.ingest import IngestInputs, ingest
+out = {}
+for name, world, home in json.loads(sys.argv[1]):
+    world, home = Path(world), Path(home)
+    shutil.rmtree(home, ignore_errors=True)
+    cfg = EncoreConfig(home=home, spark=SparkConfig(driver_memory="6g"))
+    s = {}
+    t = time.perf_counter()
+    ingest(cfg, IngestInputs(listens=(world / "userid-timestamp-artid-artname-traid-traname.tsv",),
+                             profiles=world / "userid-profile.tsv", catalog=world / "catalog.jsonl"))
+    s["ingest"] = time.perf_counter() - t
+    t = time.perf_counter()
+    build_features(cfg)
+    s["features"] = time.perf_counter() - t
+    t = time.perf_counter()
+    store.apply(cfg)
+    store.materialize(cfg)
+    s["materialize"] = time.perf_counter() - t
+    out[name] = s
+print("BASELINE " + json.dumps(out))
+"""
+
+
+def run_baseline(rev: str, work: Path, worlds: list[tuple[str, Path]]) -> dict[str, dict[str, float]]:
+    """Seconds per step of each world with revision ``rev``'s code (after the same tiny warm-up)."""
+    tree = work / f"baseline-{rev}"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], check=True, capture_output=True)
+    jobs = [("warm-up", str(work / "world-tiny"), str(work / "home-base-tiny"))]
+    jobs += [(name, str(w), str(work / f"home-base-{i}")) for i, (name, w) in enumerate(worlds)]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env.pop("ENCORE_CONFIG", None)
+    proc = subprocess.run([sys.executable, "-c", BASELINE_CHILD, json.dumps(jobs)], cwd=tree, env=env,
+                          capture_output=True, text=True, check=True)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("BASELINE "))
+    return json.loads(line[len("BASELINE "):])
+
+
 def warm_up(work: Path) -> None:
     """One tiny run first, so neither measured world pays for starting Spark or importing Feast."""
     tiny = work / "world-tiny"
@@ -96,6 +149,7 @@ def main() -> None:
     ap.add_argument("--granularity", default="month",
                     help="comma-separated period sizes to run the long world with (month,quarter,year)")
     ap.add_argument("--workdir", type=Path, default=Path(".encore/bench-longspan"))
+    ap.add_argument("--baseline", metavar="REV", help="also run both worlds with this git revision's code")
     args = ap.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -106,6 +160,7 @@ def main() -> None:
     longs = [run_pipeline(f"{args.span_days / 365:.0f} years ({g})", long_w, work / f"home-long-{g}", g)
              for g in grans]
     assert all(r.rows == short.rows for r in longs), "the two worlds must hold the same rows"
+    base = run_baseline(args.baseline, work, [("short", short_w), ("long", long_w)]) if args.baseline else None
 
     print(f"\nlong-span benchmark, {date.today()}: {short.rows:,} listens each; short world over "
           f"{short.days} days, long world over {longs[0].days:,} distinct days of {args.span_days:,}")
@@ -119,6 +174,14 @@ def main() -> None:
     total = {r.name: sum(r.seconds.values()) for r in (short, *longs)}
     print(f"{'total':<12}" + "".join(f"{v:>8.1f} s {'':>13}" for v in total.values())
           + "".join(f"{total[r.name] / total[short.name]:>15.2f}x" for r in longs))
+    if base is not None:
+        print(f"\nbaseline: revision {args.baseline} (its own layout), the same worlds, same run")
+        print(f"{'step':<12}{'short':>10}{'long':>10}{'ratio':>8}{'long now':>11}{'speed-up':>10}")
+        for step in (*STEPS, "total"):
+            def sec(seconds: dict[str, float], step: str = step) -> float:
+                return sum(seconds.values()) if step == "total" else seconds[step]
+            b_s, b_l, now = sec(base["short"]), sec(base["long"]), sec(longs[0].seconds)
+            print(f"{step:<12}{b_s:>8.1f} s{b_l:>8.1f} s{b_l / b_s:>7.2f}x{now:>9.1f} s{b_l / now:>9.1f}x")
     print("\npartitions per table (period folders):")
     for table in short.partitions:
         print(f"  {table:<20}" + "".join(f"{r.name}: {r.partitions[table]:>4}   " for r in (short, *longs)))

@@ -215,7 +215,14 @@ def chunks(start: datetime, end: datetime, days: int) -> list[tuple[datetime, da
 
 
 def _source_rows(path: Path, start: datetime | None, end: datetime) -> int:
-    files = lake.files(path)
+    manifest = lake.read_manifest(path)
+    if manifest is None:
+        return 0
+    # Rows are stamped at most a day after their date (day ends, session ends): only the periods
+    # holding [start - 1 day, end] can match, whatever the number of years the table spans.
+    periods = None if start is None else lake.periods_between(
+        (start - timedelta(days=1)).date(), end.date(), manifest.granularity)
+    files = lake.files(path, periods)
     if not files:
         return 0
     t = ds.dataset(files, format="parquet")

@@ -215,6 +215,8 @@ def fit(model: SequenceModel, data: Dataset, tc: TrainConfig, run_dir: Path,
     for epoch in range(state["epoch"] + 1, last_epoch + 1):
         items, comp = windows_for(model, data, tc, epoch)
         order = torch.randperm(len(items), generator=torch.Generator().manual_seed(tc.seed * 7919 + epoch))
+        if tc.windows_per_epoch is not None:
+            order = order[:tc.windows_per_epoch]  # the permutation is fresh each epoch: a new subset
         order = order[rank::world]  # each rank its share (launcher runs)
         engine.train()
         losses = []

@@ -304,6 +304,9 @@ class TrainConfig(_Section):
     split: Literal["loo", "time"] = Field("loo", description="leave-one-out per user, or a global time split")
     time_quantile: float = Field(0.9, gt=0, lt=1, description="time split: test starts at this quantile")
     epochs: int = Field(30, ge=1, description="upper bound; early stopping usually ends sooner")
+    # A LastFM-1K lake has ~400k windows of 50: a budget (a benchmark, a first look at a new lake)
+    # trains on a fresh random subset each epoch instead.
+    windows_per_epoch: int | None = Field(None, ge=1, description="random training windows per epoch; None = all")
     patience: int = Field(3, ge=1, description="epochs without a better validation NDCG@10 before stopping")
     batch_size: int = Field(128, ge=1, description="examples per optimizer micro-step")
     grad_accum: int = Field(1, ge=1, description="micro-steps per optimizer step")
