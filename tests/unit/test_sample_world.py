@@ -6,7 +6,7 @@ import json
 import re
 import wave
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,16 @@ import pytest
 
 from encore.core import ids
 from encore.core.schemas import GENES, PROFILE_HEADER
-from encore.sample_world.generator import CATALOG_FILE, LISTENS_FILE, PROFILES_FILE, WorldConfig, generate_world
+from encore.sample_world.generator import (
+    CATALOG_FILE,
+    LISTENS_FILE,
+    PRESETS,
+    PROFILES_FILE,
+    WorldConfig,
+    WorldStats,
+    generate_world,
+    preset_config,
+)
 from encore.sample_world.styles import STYLES
 from tests.fixtures.files import digest
 
@@ -222,3 +231,150 @@ def test_world_json_records_config_and_counts(small_world) -> None:
     world, stats = small_world
     meta = json.loads((world / "world.json").read_text())
     assert meta["listens"] == stats.listens and meta["config"]["seed"] == 7
+
+
+# ----------------------------------------------------------------------------- options for LastFM-1K's shape
+# Digests of worlds written before the options below existed: options left at their defaults must
+# not change a byte (the numpy and standard library output these hash is stable; parquet and WAV
+# bytes, which depend on pyarrow's writer and the platform's libm, are left out).
+GOLDEN = {
+    "plain": (WorldConfig(users=5, tracks=120, days=6, seed=3, clips=4), {
+        LISTENS_FILE: "c83cfbad519243f566cffbe80f2d168b6b3b46c33c1b76471d2d0c4454705019",
+        CATALOG_FILE: "f38f47e02082e7f6f51c2f79da3c1afd131a7a52373c7bef363ea94b0c593a5c",
+        "world.json": "ae87fb3888fe2ad187c5527f2a3be5566e9be20abef3d16e7c025ca28ddbeaba"}),
+    "spread": (WorldConfig(users=8, tracks=300, days=40, seed=4, clips=0, end=date(2026, 6, 30), span_days=900), {
+        LISTENS_FILE: "3c6bf115485e856de8fa7a788debee8651cecc271b888dd770c249caa99eb059",
+        CATALOG_FILE: "3b0c8791c631a59c69a5db5b74c8a5be75fc909f1ebab53f7c9538f47f389629",
+        "world.json": "611a5b59cd12f661f2feb476c244ea0fbb6f94f46ccb1f74b4a0f954e56e6a10"}),
+}
+NEW_OPTIONS = ("minute_precision_share", "content_top", "singleton_tracks", "truncate_to_window", "popularity_exponent")
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_worlds_without_the_new_options_keep_their_bytes(tmp_path: Path, name: str) -> None:
+    cfg, expected = GOLDEN[name]
+    generate_world(cfg, tmp_path, progress=False)
+    got = digest(tmp_path)
+    assert {f: got[f] for f in expected} == expected
+    assert not set(NEW_OPTIONS) & set(json.loads((tmp_path / "world.json").read_text())["config"])
+
+
+def test_world_stats_count_every_byte_written(tmp_path: Path) -> None:
+    stats = generate_world(WorldConfig(users=3, tracks=50, days=3, clips=5), tmp_path, progress=False)
+    assert stats.bytes == sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    assert stats.sizes["audio"] == sum(p.stat().st_size for p in (tmp_path / "audio").glob("*.wav"))
+
+
+def test_minute_precision_share_truncates_that_share_of_users_to_whole_minutes(tmp_path: Path) -> None:
+    base = dict(users=20, tracks=300, days=10, seed=3, clips=0)
+    generate_world(WorldConfig(**base), tmp_path / "a", progress=False)
+    generate_world(WorldConfig(**base, minute_precision_share=0.25), tmp_path / "b", progress=False)
+    a, b = _listens(tmp_path / "a"), _listens(tmp_path / "b")
+    on_minute = b.groupby("user")["ts"].agg(lambda s: s.str.endswith(":00Z").all())
+    assert on_minute.sum() == 5  # 25% of 20 users, exactly
+    # The same listens: those users' seconds floored to the minute, everyone else's untouched.
+    assert len(a) == len(b) and (a.drop(columns=["ts", "t"]) == b.drop(columns=["ts", "t"])).all().all()
+    minute = b["user"].isin(on_minute.index[on_minute]).to_numpy()
+    assert (b["t"][minute] == a["t"][minute] // 60 * 60).all() and (b["t"][~minute] == a["t"][~minute]).all()
+    assert json.loads((tmp_path / "b" / "world.json").read_text())["config"]["minute_precision_share"] == 0.25
+
+
+def test_singleton_tracks_are_each_played_exactly_once(tmp_path: Path) -> None:
+    stats = generate_world(WorldConfig(users=10, tracks=500, days=20, seed=5, clips=0, singleton_tracks=100), tmp_path,
+                           progress=False)
+    df = _listens(tmp_path)
+    played = Counter(ids.track_id(m, a, n) for m, a, n in zip(df["traid"], df["artname"], df["traname"], strict=True))
+    truth = pq.read_table(tmp_path / "truth" / "tracks.parquet").to_pandas()  # catalog order: singletons last
+    singles = truth["track_id"][-100:]
+    assert all(played[t] == 1 for t in singles)
+    assert len(played) <= stats.tracks and (truth["popularity"][-100:] == 0).all()  # outside the popularity draws
+    assert (truth["popularity"][:-100] > 0).all()
+    with pytest.raises(ValueError, match="singleton_tracks"):
+        WorldConfig(tracks=100, singleton_tracks=95)
+
+
+def test_content_top_gives_lyrics_genes_and_clips_only_to_the_most_popular_tracks(tmp_path: Path) -> None:
+    stats = generate_world(WorldConfig(users=3, tracks=400, days=3, seed=2, content_top=40), tmp_path, progress=False)
+    truth = pq.read_table(tmp_path / "truth" / "tracks.parquet").to_pandas()
+    cat = _catalog(tmp_path).merge(truth, on="track_id", suffixes=("", "_truth"))
+    top = set(cat.nlargest(40, "popularity")["track_id"])
+    assert set(cat["track_id"][cat["genes"].notna()]) == top
+    assert set(cat["track_id"][cat["audio_path"].notna()]) == top and stats.clips == 40
+    assert set(cat["track_id"][cat["lyrics"].notna()]) <= top and cat["lyrics"].notna().any()  # some are instrumental
+    assert set(cat["track_id"][cat["tempo_bpm"].notna()]) == top  # truth has audio parameters only where there is audio
+    assert len(list((tmp_path / "audio").glob("*.wav"))) == 40
+    assert cat["duration_s"].notna().mean() > 0.95  # durations are not content: every track keeps its length
+    # --clips still bounds the audio, now among the top tracks.
+    few = generate_world(WorldConfig(users=3, tracks=400, days=3, seed=2, content_top=40, clips=7), tmp_path / "few",
+                         progress=False)
+    clipped = _catalog(tmp_path / "few")
+    assert few.clips == 7 and set(clipped["track_id"][clipped["audio_path"].notna()]) <= top
+
+
+def test_truncate_to_window_cuts_histories_to_uneven_windows(tmp_path: Path) -> None:
+    base = dict(users=30, tracks=300, days=120, seed=1, clips=0, end=date(2009, 6, 19), span_days=720)
+    generate_world(WorldConfig(**base), tmp_path / "spread", progress=False)
+    generate_world(WorldConfig(**base, truncate_to_window=True), tmp_path / "cut", progress=False)
+    full, cut = _listens(tmp_path / "spread"), _listens(tmp_path / "cut")
+    first = int(datetime(2009, 6, 19, tzinfo=UTC).timestamp()) - 719 * 86400
+    assert cut["t"].min() >= first and cut["t"].max() < first + 720 * 86400
+    spans = cut.groupby("user")["t"].agg(lambda t: (t.max() - t.min()) / 86400)
+    assert cut["user"].nunique() == 30 and spans.min() < 30 and spans.max() > 500  # weeks to years
+    assert (full.groupby("user")["t"].agg(lambda t: (t.max() - t.min()) / 86400) > 120).all()  # without: never short
+    assert len(cut) < 0.9 * len(full)
+    # Each user keeps a run of their own sessions (the latest that fit): the same tracks, in order.
+    for user, g in cut.groupby("user"):
+        mine = "\n".join(g["traname"][::-1]) + "\n"
+        assert mine in "\n".join(full["traname"][full["user"] == user][::-1]) + "\n"
+    with pytest.raises(ValueError, match="span_days"):
+        WorldConfig(truncate_to_window=True)
+
+
+def test_lastfm_1k_preset_scaled_down_keeps_its_proportions(tmp_path: Path) -> None:
+    cfg = preset_config("lastfm-1k", scale=0.01)
+    assert (cfg.users, cfg.tracks, cfg.singleton_tracks, cfg.content_top) == (10, 10800, 4300, 500)
+    stats = generate_world(cfg, tmp_path, progress=False)
+    df = _listens(tmp_path)
+    plays = df.groupby(["traid", "artname", "traname"]).size()
+    assert 0.35 < (plays == 1).mean() < 0.65  # about half the played tracks are played once
+    assert 0.8 * stats.tracks < len(plays) <= stats.tracks
+    assert 8_000 < stats.listens / cfg.users < 40_000  # LastFM-1K: 19,150,868 / 992 = 19,305
+    assert df["ts"].min() >= "2005-02-14" and df["ts"].max() < "2009-06-20"
+    on_minute = df.groupby("user")["ts"].agg(lambda s: s.str.endswith(":00Z").all())
+    assert on_minute.mean() == 0.2
+    cat = _catalog(tmp_path)
+    assert 0.55 < cat["duration_s"].notna().mean() < 0.65
+    assert cat["genes"].notna().sum() == stats.clips == 500
+    with wave.open(str(tmp_path / cat["audio_path"].dropna().iloc[0])) as w:
+        assert (w.getframerate(), w.getnframes()) == (8000, 8000)  # 1 s at 8 kHz: 16 KB a clip
+    assert json.loads((tmp_path / "world.json").read_text())["config"]["truncate_to_window"] is True
+
+
+def test_preset_full_size_matches_lastfm_1k() -> None:
+    cfg = preset_config("lastfm-1k")
+    assert (cfg.users, cfg.span_days, cfg.end) == (992, 1587, date(2009, 6, 19))
+    assert cfg.end - timedelta(days=cfg.span_days - 1) == date(2005, 2, 14)
+    assert cfg.content_top == 50_000 and cfg.drop_durations == 0.4 and cfg.minute_precision_share == 0.2
+    assert preset_config("lastfm-1k", seed=9).seed == 9
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("msd")
+
+
+def test_cli_preset_takes_the_preset_and_only_the_options_typed(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from encore import cli as cli_mod
+    from encore.sample_world import generator
+
+    seen: list[WorldConfig] = []
+    monkeypatch.setattr(generator, "generate_world", lambda cfg, out: seen.append(cfg) or WorldStats())
+    res = CliRunner().invoke(cli_mod.cli, ["sample-data", "--preset", "lastfm-1k", "--out", str(tmp_path),
+                                           "--seed", "4"])
+    assert res.exit_code == 0, res.output
+    assert seen == [preset_config("lastfm-1k", seed=4)]  # --end, --days ... defaults did not override the preset
+    res = CliRunner().invoke(cli_mod.cli, ["sample-data", "--preset", "lastfm-1k", "--out", str(tmp_path),
+                                           "--tracks", "100"])
+    assert res.exit_code == 2 and "singleton_tracks" in res.output
+    preset_opt = next(p for p in cli_mod.sample_data.params if p.name == "preset")
+    assert list(preset_opt.type.choices) == list(PRESETS)
