@@ -497,7 +497,7 @@ def _stage_durations(durations: DataFrame, stage: Path, ws: Workspace, stats: Ta
     out = stage / TRACK_DURATIONS_TABLE
     durations.coalesce(1).sortWithinPartitions("track_id").write.parquet(str(out))
     finalize_staged(out)
-    stats.rows, stats.nulls, _ = reencode(out)
+    stats.rows, stats.nulls = reencode(out)
     stats.partitions_written = 1
     return atomic.Swap(out, ws.feature_table(TRACK_DURATIONS_TABLE), ws.trash / stage.name / TRACK_DURATIONS_TABLE)
 

@@ -53,37 +53,30 @@ def finalize_staged(root: Path) -> list[Path]:
 ROW_GROUP_ROWS = 65_536  # min/max of `date` per group: a month file skips to the days a filter wants
 
 
-def _reencode_file(path: Path) -> tuple[int, dict[str, int], dict[str, int]]:
-    # ParquetFile, not read_table: the latter would add the hive `period=` folder as a column.
+def _reencode_file(path: Path) -> tuple[int, dict[str, int]]:
+    # ParquetFile, not read_table: the latter would add a hive folder (key=value) as a column.
     table = pq.ParquetFile(path).read().replace_schema_metadata(None)
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp, compression="snappy", row_group_size=ROW_GROUP_ROWS)
     os.replace(tmp, path)
-    per_day: dict[str, int] = {}
-    if "date" in table.column_names:
-        for v in table.column("date").value_counts().to_pylist():
-            per_day[v["values"].isoformat()] = v["counts"]
-    return table.num_rows, {c: table.column(c).null_count for c in table.column_names}, per_day
+    return table.num_rows, {c: table.column(c).null_count for c in table.column_names}
 
 
-def reencode(root: Path) -> tuple[int, dict[str, int], dict[str, int]]:
-    """Rewrite every parquet file under ``root`` with pyarrow; return (rows, nulls per column,
-    rows per ``date`` when the files have that column).
+def reencode(root: Path) -> tuple[int, dict[str, int]]:
+    """Rewrite every parquet file under ``root`` with pyarrow; return (rows, nulls per column).
 
     Spark's parquet writer puts a hash-set-ordered field in the footer, so the same rows give
     different bytes in another JVM. pyarrow's output depends only on the table: after this, a rerun
     in any process leaves byte-identical files.
     """
     files = sorted(root.rglob("*.parquet")) if root.is_dir() else []
-    rows, nulls, per_day = 0, {}, {}
+    rows, nulls = 0, {}
     with ThreadPoolExecutor(max_workers=4) as pool:  # pyarrow releases the GIL while encoding
-        for n, counts, days in pool.map(_reencode_file, files):
+        for n, counts in pool.map(_reencode_file, files):
             rows += n
             for c, k in counts.items():
                 nulls[c] = nulls.get(c, 0) + k
-            for d, k in days.items():
-                per_day[d] = per_day.get(d, 0) + k
-    return rows, nulls, per_day
+    return rows, nulls
 
 
 # --------------------------------------------------------------------------- period tables
