@@ -40,7 +40,7 @@ from encore.core import lake
 from encore.core.config import EncoreConfig, FeaturesConfig, SparkConfig
 from encore.core.workspace import Workspace
 from encore.sample_world.generator import CATALOG_FILE, LISTENS_FILE, WorldConfig, generate_world
-from jobs.durations import LISTEN_ORDER, estimate_durations
+from jobs.durations import LISTEN_ORDER, current, estimate_durations, stale_since
 from jobs.spark import get_spark
 
 READY = ".bench-ready"  # written into a home once its bronze lake is complete
@@ -108,13 +108,16 @@ def _metrics(est: pd.DataFrame, truth: pd.DataFrame, gaps: pd.DataFrame) -> dict
     return out
 
 
-def _changed(spark, bronze, catalog, fcfg: FeaturesConfig, cut: str, full: pd.DataFrame) -> tuple[int, str]:
-    """Tracks whose duration differs between the lake before ``cut`` and the whole lake."""
-    early = estimate_durations(bronze.filter(F.col("date") < F.lit(cut)), catalog, fcfg).toPandas()
-    j = early.merge(full, on="track_id", suffixes=("_old", ""))
+def _changed(bronze, catalog, fcfg: FeaturesConfig, cut: str, full) -> tuple[int, str]:
+    """Tracks whose current duration differs between the lake before ``cut`` and the whole lake,
+    and the first day whose durations differ (where an incremental run must start for them)."""
+    early_sdf = estimate_durations(bronze.filter(F.col("date") < F.lit(cut)), catalog, fcfg)
+    early, now = current(early_sdf).toPandas(), current(full).toPandas()
+    j = early.merge(now, on="track_id", suffixes=("_old", ""))
     moved = j[~((j.duration_s_old == j.duration_s) | (j.duration_s_old.isna() & j.duration_s.isna()))
               | (j.duration_source_old != j.duration_source)]
-    return len(moved), (str(moved.first_played.min()) if len(moved) else "-")
+    since = stale_since(early_sdf, full).first()["since"]
+    return len(moved), (str(since) if since is not None else "-")
 
 
 def main() -> None:
@@ -160,9 +163,10 @@ def main() -> None:
         for cap in caps:
             for q in quantiles:
                 fcfg = default.model_copy(update={"duration_max_gaps": cap, "duration_quantile": q})
-                est = estimate_durations(bronze, catalog, fcfg).toPandas()
-                m = _metrics(est, truth, gaps)
-                n, since = _changed(spark, bronze, catalog, fcfg, cut, est)
+                full = estimate_durations(bronze, catalog, fcfg).persist()
+                m = _metrics(current(full).toPandas(), truth, gaps)
+                n, since = _changed(bronze, catalog, fcfg, cut, full)
+                full.unpersist()
                 print(f"| {cap} | {q:.2f} | {m['gaps_n']:,} | {m['gaps_mdare']:.1%} | {m['artist_n']:,} | "
                       f"{m['artist_mdare']:.1%} | {m['unknown_n']:,} | {m['corr']:.3f} | {m['corr_artist']:.3f} | "
                       f"{n:,} | {since} |", flush=True)

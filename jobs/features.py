@@ -5,7 +5,7 @@ period partitions (``encore.core.lake``: period=YYYY-MM by default, published as
     lake/features/sessions/      one row per session whose end is known on day ``date``
     lake/features/user_daily/    user features as of the end of day ``date``
     lake/features/track_daily/   track features as of the end of day ``date``
-    lake/features/track_durations/  one file: every listened track's duration and its source
+    lake/features/track_durations/  one file: every listened track's duration over time, and its source
 
 Definitions (the contract the Feast views, the tests and ``bench/features.py`` share):
 
@@ -13,8 +13,8 @@ Definitions (the contract the Feast views, the tests and ``bench/features.py`` s
   starts at a user's first listen and after every gap *longer* than ``session_gap_minutes``.
   ``session_id`` = "s-" + sha1(user_id + U+001F + unix seconds of the session start)[:20];
   ``position`` is 1-based inside the session.
-* ``duration_s`` is the catalog's (bronze tracks), else the estimate from the listening of the
-  whole lake (``jobs/durations.py``: a quantile of the track's earliest in-session gaps, else its
+* ``duration_s`` is the catalog's (bronze tracks), else the estimate from the listening up to the
+  listen's day (``jobs/durations.py``: a quantile of the track's earliest in-session gaps, else its
   artist's typical length); ``duration_source`` says which: catalog | estimated | unknown.
 * ``completion`` = min(1, (next_ts - ts) / duration_s) where next_ts is the next listen of the same
   session. Null (unknown, never 0) for the last listen of a session, for tracks with no duration,
@@ -46,11 +46,11 @@ periods holding the range are staged with the rows of their other days read back
 deterministic (pyarrow re-encode: same rows, same bytes, in any process), and published as one new
 snapshot per table (``encore.core.lake``); periods outside the range are hard-linked, untouched.
 Without a range, the run recomputes from the first bronze day that changed since the last run, or
-from the first play of any track whose duration or source differs from the stored
-``track_durations`` (new listens add gaps; a new catalog adds lengths), whichever is earlier, and
-republishes ``track_durations`` with the rest. A backfill (explicit range) uses the current
-durations but leaves ``track_durations`` as it was, so the next incremental run still sees what
-changed since and repairs the days outside the backfill.
+from the first day on which the stored ``track_durations`` differ from the lake's (a new catalog
+changes lengths from a track's first play; new listens change only their own days, since estimates
+are made as of each day), whichever is earlier, and republishes ``track_durations`` with the rest.
+A backfill (explicit range) uses the current durations but leaves ``track_durations`` as it was,
+so the next incremental run still sees what changed since and repairs the days outside the backfill.
 A session longer than the 31-day lookback (nonstop listening for a month) would be cut there.
 """
 
@@ -81,7 +81,7 @@ from encore.core.schemas import (
     TRACK_DURATIONS_TABLE,
 )
 from encore.core.workspace import Workspace
-from jobs.durations import LISTEN_ORDER, estimate_durations, stale_since
+from jobs.durations import LISTEN_ORDER, current, estimate_durations, join_as_of, stale_since
 from jobs.lake import finalize_staged, read_table, reencode, stage_periods
 from jobs.spark import get_spark
 
@@ -161,13 +161,18 @@ def sessionize(listens: DataFrame, durations: DataFrame, fcfg: FeaturesConfig) -
 
     ``listens``: user_id, ts, track_id, artist_id, artist_name, track_name (+ any extra columns).
     ``durations``: track_id, duration_s (null or > 0), + any extra columns (duration_source...),
-    joined onto each listen; a track it lacks has a null duration.
+    joined onto each listen; a track it lacks has a null duration. With valid_from/valid_to
+    (``jobs.durations``' table) each listen gets the row valid on its day.
     """
     gap = fcfg.session_gap_minutes * 60
     w = Window.partitionBy("user_id").orderBy(*LISTEN_ORDER)
     running = w.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     sec = F.unix_seconds("ts")
-    df = (listens.join(F.broadcast(durations), "track_id", "left")
+    if "valid_from" in durations.columns:
+        joined = join_as_of(listens.withColumn("_day", F.to_date("ts")), durations, "_day").drop("_day")
+    else:
+        joined = listens.join(F.broadcast(durations), "track_id", "left")
+    df = (joined
           .withColumn("rn", F.row_number().over(w))
           .withColumn("_prev", F.lag(sec).over(w))
           .withColumn("_next", F.lead("ts").over(w)))
@@ -432,7 +437,13 @@ def plan_range(ws: Workspace, fcfg: FeaturesConfig, start: date | None, end: dat
     if not changed:
         return None
     # A changed day moves every later day's windows and sequences; completions reach one day back.
-    s = max(first, date.fromisoformat(changed[0]) - timedelta(days=1))
+    s = date.fromisoformat(changed[0]) - timedelta(days=1)
+    before = [d for d in old if d < changed[0]]
+    if before:
+        # Quiet days between the last day the tables saw and the change lay past the lake's end
+        # then: their rows (plays leaving a window) were never written.
+        s = min(s, date.fromisoformat(max(before)) + timedelta(days=1))
+    s = max(first, s)
     return "incremental", s, last
 
 
@@ -493,9 +504,9 @@ def _stage_table(df: DataFrame, name: str, ws: Workspace, run_id: str, granulari
 
 
 def _stage_durations(durations: DataFrame, stage: Path, ws: Workspace, stats: TableStats) -> atomic.Swap:
-    """Stage ``track_durations`` as one file sorted by track (same rows, same bytes); swapped whole."""
+    """Stage ``track_durations`` as one file sorted by track and day (same rows, same bytes); swapped whole."""
     out = stage / TRACK_DURATIONS_TABLE
-    durations.coalesce(1).sortWithinPartitions("track_id").write.parquet(str(out))
+    durations.coalesce(1).sortWithinPartitions("track_id", "valid_from").write.parquet(str(out))
     finalize_staged(out)
     stats.rows, stats.nulls = reencode(out)
     stats.partitions_written = 1
@@ -519,8 +530,8 @@ def _lake(spark: SparkSession, ws: Workspace, fcfg: FeaturesConfig) -> tuple[Dat
 
 
 def _stale_since(spark: SparkSession, ws: Workspace, durations: DataFrame) -> date | None:
-    """The first play of the earliest track whose stored duration, source or method differs from
-    ``durations`` (every track, when none are stored); None when all agree."""
+    """The first day on which the stored durations and ``durations`` differ (the first play of every
+    track, when none are stored); None when all agree."""
     live = ws.feature_table(TRACK_DURATIONS_TABLE)
     stored = live.is_dir() and any(live.glob("*.parquet"))
     old = spark.read.parquet(str(live)) if stored else durations.limit(0)
@@ -585,7 +596,8 @@ def _run(cfg: EncoreConfig, ws: Workspace, bronze: DataFrame, durations: DataFra
     fcfg = cfg.features
     stage.mkdir(parents=True)
     raw = _inputs(bronze, ws, start, end, fcfg.sequence_length)
-    joined = durations.select("track_id", "duration_s", "duration_source", "duration_method")
+    joined = durations.select("track_id", "valid_from", "valid_to", "duration_s", "duration_source",
+                              "duration_method")
     lis_all = sessionize(raw, joined, fcfg).persist()
     lis = lis_all.filter(~F.col("tail"))
     day = F.to_date("ts")
@@ -606,11 +618,11 @@ def _run(cfg: EncoreConfig, ws: Workspace, bronze: DataFrame, durations: DataFra
     report.completion_unknown_duration = int(counts["nodur"] or 0)
     report.completion_unknown_same_timestamp = int(counts["same"] or 0)
     report.duration_listens = {k: int(counts[k] or 0) for k in DURATION_KINDS}
-    per_kind = {r["k"]: r["count"] for r in durations.groupBy(
+    per_kind = {r["k"]: r["count"] for r in current(durations).groupBy(
         _duration_kind(F.col("duration_source"), F.col("duration_method")).alias("k")).count().collect()}
     report.duration_tracks = {k: int(per_kind.get(k, 0)) for k in DURATION_KINDS}
     # First play day per track over the whole lake (the durations table carries it).
-    first_seen = durations.select("track_id", F.col("first_played").cast("timestamp").alias("first_seen"))
+    first_seen = current(durations).select("track_id", F.col("first_played").cast("timestamp").alias("first_seen"))
     listen_cols = {"event_timestamp": F.col("ts"), "created": created, "date": day}
     tables = {
         "listens": in_range.select(*[listen_cols.get(c, F.col(c)).alias(c) for c in LISTEN_FEATURE_COLUMNS]),

@@ -50,15 +50,18 @@ LISTEN_FEATURE_COLUMNS = (
     "completion",  # double in [0, 1] or null (last of session, same-second next, unknown duration)
     "event_timestamp", "created", "date",
 )
-# lake/features/track_durations/: one unpartitioned file, one row per track ever listened to.
+# lake/features/track_durations/: one unpartitioned file; per track ever listened to, one row per
+# interval of days with one value (jobs/durations.py: estimates as of each day).
 TRACK_DURATIONS_TABLE = "track_durations"
 TRACK_DURATION_COLUMNS = (
     "track_id",
+    "valid_from",  # date: the first day of this value
+    "valid_to",  # date or null: the first day of the next value (null: the current row)
     "duration_s",  # double or null
     "duration_source",  # DURATION_SOURCES
     "duration_method",  # DURATION_METHODS: how the value was found
-    "n_gaps",  # int32: in-session gaps that fed the estimate (at most features.duration_max_gaps)
-    "first_played",  # date: the track's first bronze day (how far back a changed estimate reaches)
+    "n_gaps",  # int32: the gaps behind the track's own estimate (a rung of features.duration_*_gaps), else 0
+    "first_played",  # date: the track's first bronze day
 )
 DURATION_SOURCES = (
     "catalog",  # the bronze tracks table (an ingested catalog) gives it: always wins

@@ -33,7 +33,14 @@ REAL_PROFILES = REAL / "userid-profile.tsv"
 
 
 def durations_table(ws: Workspace) -> pd.DataFrame:
+    """Every row of ``track_durations``: per track, one per run of days with one value."""
     return ds.dataset(ws.feature_table(TRACK_DURATIONS_TABLE), format="parquet").to_table().to_pandas()
+
+
+def current_durations(ws: Workspace) -> pd.DataFrame:
+    """Each track's duration as of the lake's last day (its open row)."""
+    table = durations_table(ws)
+    return table[table.valid_to.isna()].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- a world with truth
@@ -58,7 +65,7 @@ def _truth(world: Path) -> pd.DataFrame:
 
 def test_estimates_from_five_or_more_gaps_are_within_15_percent_of_the_truth(dropped) -> None:
     cfg, world = dropped
-    got = durations_table(Workspace.at(cfg.home)).merge(_truth(world), on="track_id", validate="one_to_one")
+    got = current_durations(Workspace.at(cfg.home)).merge(_truth(world), on="track_id", validate="one_to_one")
     dropped_tracks = got[got.catalog_s.isna()]
     own = dropped_tracks[dropped_tracks.n_gaps >= 5]
     assert len(own) >= 100 and (own.duration_method == "gaps").all()
@@ -72,7 +79,7 @@ def test_estimates_from_five_or_more_gaps_are_within_15_percent_of_the_truth(dro
 def test_catalog_durations_are_kept_unchanged(dropped) -> None:
     cfg, world = dropped
     ws = Workspace.at(cfg.home)
-    got = durations_table(ws).merge(_truth(world), on="track_id", validate="one_to_one")
+    got = durations_table(ws).merge(_truth(world), on="track_id")
     known = got[got.catalog_s.notna()]
     assert len(known) > 100
     assert (known.duration_source == "catalog").all() and (known.duration_s == known.catalog_s).all()
@@ -97,7 +104,7 @@ def test_report_counts_each_duration_kind_for_tracks_and_listens(dropped) -> Non
     cfg, _ = dropped
     ws = Workspace.at(cfg.home)
     rep = json.loads((ws.reports("features") / "latest.json").read_text())
-    table = durations_table(ws)
+    table = current_durations(ws)
     assert set(rep["duration_tracks"]) == set(DURATION_KINDS)
     assert sum(rep["duration_tracks"].values()) == len(table)
     assert rep["duration_tracks"]["estimated_gaps"] == (table.duration_method == "gaps").sum()
@@ -123,10 +130,11 @@ def _session(day: str, tracks: list[str], start: str = "10:00:00", step_s: int =
                         f"{(t0 + i * step_s) % 60:02d}", tr) for i, tr in enumerate(tracks)]
 
 
-def test_a_new_night_that_gives_an_old_track_its_estimate_recomputes_from_its_first_play(
+def test_a_new_night_that_gives_an_old_track_its_estimate_changes_only_the_days_from_then_on(
         spark, tmp_path: Path) -> None:
     # March 1: "X" has four gaps (one short of an estimate), so it and its artist stay unknown.
-    # March 10: a fifth gap gives it one, so March 1's completions of "X" must change too.
+    # March 10: a fifth gap gives it one from that day on. Estimates are made as of each day, so
+    # March 1's listens keep what was known then and the run does not reach back to them.
     old = _session("2009-03-01", ["X", "Filler"] * 4 + ["End"])
     old += _session("2009-03-05", ["Other", "End"])
     new = _session("2009-03-10", ["X", "End"])
@@ -135,15 +143,17 @@ def test_a_new_night_that_gives_an_old_track_its_estimate_recomputes_from_its_fi
     (tmp_path / "all.tsv").write_text("".join(old + new))
     cfg = make_config(tmp_path / "home")
     ws = Workspace.at(cfg.home)
+    x = ids.derived_track_id("Solo Artist", "X")
     ingest(cfg, IngestInputs(listens=(tmp_path / "old.tsv",)))
     build_features(cfg)
-    before = durations_table(ws).set_index("track_id")
+    before = durations_table(ws)
     assert (before.duration_source == "unknown").all()  # no track has five gaps, so no artist has a length
-    assert before.loc[ids.derived_track_id("Solo Artist", "X"), "n_gaps"] == 4
+    assert before.valid_to.isna().all()  # one open row per track
     ingest(cfg, IngestInputs(listens=(tmp_path / "new.tsv",)))
-    assert plan_range(ws, cfg.features, None, None)[1].isoformat() == "2009-03-09"  # bronze alone
+    # Bronze alone decides: from the day after the old last day (March 8 gets its window-closing rows).
+    assert plan_range(ws, cfg.features, None, None)[1].isoformat() == "2009-03-06"
     rep = build_features(cfg)
-    assert (rep.mode, rep.start, rep.durations_stale_since) == ("incremental", "2009-03-01", "2009-03-01")
+    assert (rep.mode, rep.start, rep.durations_stale_since) == ("incremental", "2009-03-06", None)
 
     full = make_config(tmp_path / "full")
     ingest(full, IngestInputs(listens=(tmp_path / "all.tsv",)))
@@ -151,8 +161,14 @@ def test_a_new_night_that_gives_an_old_track_its_estimate_recomputes_from_its_fi
     expected = {t: read_table(Workspace.at(full.home), t) for t in FEATURE_TABLES}
     assert_same_values(expected, ws)  # as if built in one run
     assert durations_table(ws).equals(durations_table(Workspace.at(full.home)))
-    march1 = _on_day(read_table(ws, "listens"), 1)
-    assert march1.next_ts.notna().sum() == 8 and march1.completion.notna().sum() == 8  # all estimated now
+    rows = durations_table(ws).set_index("track_id").loc[[x]]
+    assert [(str(r.valid_from), None if pd.isna(r.valid_to) else str(r.valid_to), r.duration_method, r.n_gaps)
+            for r in rows.itertuples()] == [("2009-03-01", "2009-03-10", "none", 0), ("2009-03-10", None, "gaps", 5)]
+    lis = read_table(ws, "listens")
+    march1 = _on_day(lis, 1)
+    assert march1.next_ts.notna().sum() == 8 and march1.completion.isna().all()  # still unknown on March 1
+    march10 = _on_day(lis, 10).iloc[0]
+    assert march10.track_id == x and march10.duration_source == "estimated" and march10.completion > 0
     assert build_features(cfg).mode == "up-to-date"
 
 
@@ -203,8 +219,10 @@ def test_a_backfill_uses_the_current_durations_and_the_next_incremental_run_repa
     x = _on_day(read_table(ws, "listens"), 10).iloc[0]
     assert x.duration_source == "estimated"  # ... but its own days use the current estimates
     rep = build_features(cfg)
-    assert (rep.mode, rep.start, rep.durations_stale_since) == ("incremental", "2009-03-01", "2009-03-01")
-    assert _on_day(read_table(ws, "listens"), 1).iloc[0].duration_source == "estimated"
+    # The stored durations differ from the lake's from March 10 on: the run repairs from there.
+    assert (rep.mode, rep.start, rep.durations_stale_since) == ("incremental", "2009-03-10", "2009-03-10")
+    assert _on_day(read_table(ws, "listens"), 1).iloc[0].duration_source == "unknown"  # as known on March 1
+    assert build_features(cfg).mode == "up-to-date"
 
 
 # --------------------------------------------------------------------------- real LastFM-1K rows

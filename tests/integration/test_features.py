@@ -122,9 +122,7 @@ def built(featured_home: EncoreConfig) -> tuple[EncoreConfig, pd.DataFrame]:
     ws = Workspace.at(cfg.home)
     bronze = ds.dataset(ws.listens, format="parquet", partitioning="hive").to_table().to_pandas()
     est = reference_durations(cfg)
-    durations = {t: (None if pd.isna(d) else float(d)) for t, d in zip(est.track_id, est.duration_s, strict=True)}
-    lis = ref.sessionize(bronze.drop(columns=["date"]), durations, cfg.features.session_gap_minutes * 60)
-    lis = lis.merge(est[["track_id", "duration_source"]], on="track_id", how="left", validate="many_to_one")
+    lis = ref.sessionize(bronze.drop(columns=["date"]), est, cfg.features.session_gap_minutes * 60)
     return cfg, lis
 
 
