@@ -330,7 +330,9 @@ class ScoringConfig(_Section):
     num_gpus: float = Field(1.0, ge=0, description="GPUs per actor where the cluster has GPUs")
     # Users whose history holds no track the champion knows get the most played tracks (plays_7d).
     # A user is active, and scored, with a listen in the 30 days up to the scoring date (plays_30d).
-    min_plays_30d: int = Field(1, ge=1, description="plays in the last 30 days that make a user active")
+    # 0 scores every known user, however long ago they last listened (bench/scale.py: all 992).
+    min_plays_30d: int = Field(1, ge=0, description="plays in the last 30 days that make a user active; "
+                                                    "0: every known user")
 
 
 class NightlyConfig(_Section):

@@ -89,6 +89,20 @@ def test_early_stopping_keeps_the_best_epochs_weights(tmp_path: Path) -> None:
         assert len(result.history) - result.best_epoch == tc.patience
 
 
+def test_windows_per_epoch_trains_each_epoch_on_that_many_windows(tmp_path: Path) -> None:
+    data, n = cyclic_data()
+    torch.manual_seed(0)
+    whole = fit(SASRec(n_items=n, max_len=10, hidden=16, inner=32, dropout=0.0), data, small_tc(), tmp_path / "a")
+    # Every window: several batches of 16, so the epoch's mean loss is not its first step's.
+    assert all(r["train_loss"] != r["first_step_loss"] for r in whole.history)
+    torch.manual_seed(0)
+    capped = fit(SASRec(n_items=n, max_len=10, hidden=16, inner=32, dropout=0.0), data,
+                 small_tc(windows_per_epoch=16), tmp_path / "b")
+    # 16 windows are one batch: one step an epoch, whose loss is the epoch's.
+    assert len(capped.history) == 2
+    assert all(r["train_loss"] == r["first_step_loss"] for r in capped.history)
+
+
 def test_e4srec_starts_from_the_same_random_state_whether_its_id_encoder_was_cached(tmp_path: Path) -> None:
     import random
 
