@@ -51,19 +51,6 @@ def test_every_active_user_gets_k_distinct_unheard_items_with_lineage(champion_h
     assert rep.mode == "online" and rep.feature_snapshot.startswith("2009-05-05")
 
 
-def test_min_plays_30d_zero_scores_every_known_user(champion_home, tonight, ray_local, tmp_path: Path) -> None:
-    from scoring.batch import read_recommendations, score
-
-    default, _ = tonight
-    assert default.users_active < default.users_known  # the world has users quiet for 30 days
-    cfg = copy_home(champion_home, tmp_path / "home")
-    cfg = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={"min_plays_30d": 0})})
-    rep = score(cfg, top_k=K)
-    out = read_recommendations(cfg, date.fromisoformat(rep.date))
-    assert rep.users_active == rep.users_known == default.users_known
-    assert out["user_id"].nunique() == rep.users_known and (out.groupby("user_id").size() == K).all()
-
-
 def test_a_user_whose_history_the_model_does_not_know_gets_the_flagged_popular_fallback(tonight) -> None:
     rep, out = tonight
     mine = out[out["user_id"] == NEW_USER]
