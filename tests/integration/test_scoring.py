@@ -51,6 +51,34 @@ def test_every_active_user_gets_k_distinct_unheard_items_with_lineage(champion_h
     assert rep.mode == "online" and rep.feature_snapshot.startswith("2009-05-05")
 
 
+def test_min_plays_30d_zero_also_scores_a_user_quiet_for_the_last_30_days(champion_home, tonight, ray_local,
+                                                                         tmp_path: Path) -> None:
+    from feature_repo import store
+    from jobs.features import build_features
+    from jobs.ingest import IngestInputs, ingest
+    from scoring.batch import read_recommendations, score, user_features
+
+    default, before = tonight
+    cfg = copy_home(champion_home, tmp_path / "home")
+    quiet = tmp_path / "quiet-user.tsv"  # known to the lake, but last heard 45 days before the world's end
+    quiet.write_text("".join(f"user_quiet\t2009-03-20T1{i}:00:00Z\t\tOld Artist\told-{i}\tOld Song {i}\n"
+                             for i in range(3)))
+    ingest(cfg, IngestInputs(listens=(quiet,)))
+    build_features(cfg)
+    store.apply(cfg)
+    store.materialize(cfg)
+    cfg = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={"min_plays_30d": 0})})
+    rep = score(cfg, top_k=K)
+    out = read_recommendations(cfg, date.fromisoformat(rep.date))
+    seen, _, _ = user_features(cfg, ["user_quiet"], date.fromisoformat(rep.date), datetime.now(UTC).date())
+    assert seen["plays_30d"].tolist() == [0]  # what the default (1) leaves out
+    assert rep.users_known == default.users_known + 1 and rep.users_active == rep.users_known
+    assert set(out["user_id"]) == set(before["user_id"]) | {"user_quiet"}
+    assert (out.groupby("user_id").size() == K).all()
+    mine = out[out["user_id"] == "user_quiet"]
+    assert mine["fallback"].all() and not set(mine["track_id"]) & {f"old-{i}" for i in range(3)}
+
+
 def test_a_user_whose_history_the_model_does_not_know_gets_the_flagged_popular_fallback(tonight) -> None:
     rep, out = tonight
     mine = out[out["user_id"] == NEW_USER]
