@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -101,6 +102,16 @@ def run_step(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> 
     return step
 
 
+def projected_epoch(log: Path) -> tuple[int, float] | None:
+    """(windows in a full epoch, training samples/s) from a train log, or None if it has neither."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    total = re.search(r"of (\d+) training windows", text)
+    rate = re.search(r"([\d.]+) training samples/s", text)
+    if not (total and rate) or float(rate.group(1)) <= 0:
+        return None
+    return int(total.group(1)), float(rate.group(1))
+
+
 def last_day(world: Path) -> str:
     last = ""
     with open(world / LISTENS, encoding="utf-8") as fh:
@@ -178,6 +189,14 @@ def main() -> None:
     by = {s.name: s for s in steps}
     load = [n for n in ("ingest", "features", "feast apply", "materialize") if n in by]
     rows = [(s.name, s.seconds, s.peak_rss, GOALS.get(s.name)) for s in steps]
+    if "sasrec" in by and args.sasrec_windows:  # a subset ran: the goal is a whole epoch, projected
+        i = [r[0] for r in rows].index("sasrec")
+        rows[i] = (f"sasrec, {args.sasrec_windows:,} windows", by["sasrec"].seconds, by["sasrec"].peak_rss, None)
+        epoch = projected_epoch(logs / "sasrec.log")
+        if epoch is not None:
+            windows, rate = epoch
+            rows.insert(i + 1, (f"sasrec, one epoch of {windows:,} windows at {rate:.0f} samples/s (projected)",
+                                windows / rate, by["sasrec"].peak_rss, GOALS["sasrec"]))
     if len(load) == 4:
         rows.insert(len(load) + ("embed" in by), ("initial load (no embed)", sum(by[n].seconds for n in load),
                                                    max(by[n].peak_rss for n in load), GOALS["initial load (no embed)"]))

@@ -217,6 +217,7 @@ def fit(model: SequenceModel, data: Dataset, tc: TrainConfig, run_dir: Path,
         order = torch.randperm(len(items), generator=torch.Generator().manual_seed(tc.seed * 7919 + epoch))
         if tc.windows_per_epoch is not None:
             order = order[:tc.windows_per_epoch]  # the permutation is fresh each epoch: a new subset
+        log.info("epoch %d: %d of %d training windows", epoch, len(order), len(items))
         order = order[rank::world]  # each rank its share (launcher runs)
         engine.train()
         losses = []
