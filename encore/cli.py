@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 import sys
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import click
 
 from encore import __version__
 from encore.core.config import ConfigError, EncoreConfig, dump_yaml, load_config
+from encore.core.quiet import quiet_third_party
 from encore.core.workspace import WorkspaceBusy
 
 log = logging.getLogger("encore")
@@ -27,15 +27,9 @@ def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    # Ray Data logs a progress block every 10 s when stderr is not a terminal; its tqdm bars (on a
-    # terminal) stay. -v shows its INFO lines too.
-    for noisy in ("py4j", "pyspark", "feast", "ibis", *(() if verbose > 0 else ("ray",))):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Third-party deprecation notices (ibis inside Feast) say nothing to an Encore user.
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    # Feast's Spark offline store (cluster profile) warns on every use that it is "alpha".
-    warnings.filterwarnings("ignore", message=r"The spark (data source API|offline store) is an experimental",
-                            category=RuntimeWarning)
+    # py4j logs every gateway call at INFO: never useful, even with -v.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    quiet_third_party(verbose)
 
 
 def _config(ctx: click.Context) -> EncoreConfig:
@@ -51,7 +45,7 @@ def _config(ctx: click.Context) -> EncoreConfig:
               help="Profile file (YAML). Default: none, i.e. the embedded 'local' profile. Env: ENCORE_CONFIG.")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="ENCORE_HOME",
               help="Workspace folder holding the lake, Feast, MLflow, reports. Default ./.encore. Env: ENCORE_HOME.")
-@click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="More log lines, third-party warnings included (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, home: Path | None, verbose: int, quiet: bool) -> None:
@@ -563,6 +557,7 @@ def train(ctx: click.Context, no_register: bool, as_json: bool, **opts: Any) -> 
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"run_id": out.run_id, "model": out.model, "test": out.test, "valid": out.valid,
+                               "popularity_test": out.baseline,
                                "model_version": out.model_version, "trainable_params": out.trainable_params,
                                "best_epoch": out.fit.best_epoch if out.fit else None}, indent=2))
         return
@@ -572,8 +567,10 @@ def train(ctx: click.Context, no_register: bool, as_json: bool, **opts: Any) -> 
     if fit:
         click.echo(f"  {len(fit.history)} epochs ({'early stop' if fit.stopped_early else 'epoch limit'}), "
                    f"best epoch {fit.best_epoch}, {fit.samples_per_s:,.0f} training samples/s")
-    click.echo(_metrics_table([("valid", out.valid), ("test", out.test)] if out.valid else [("test", out.test)],
-                              cfg.train.eval.ks))
+    rows = [("valid", out.valid), ("test", out.test)] if out.valid else [("test", out.test)]
+    if out.baseline:
+        rows.append(("test, popularity", out.baseline))  # the same test users, ranked by training plays
+    click.echo(_metrics_table(rows, cfg.train.eval.ks))
     click.echo(f"MLflow run {out.run_id}")
     if out.model_version:
         click.echo(f"registered {cfg.mlflow.model_name} version {out.model_version} as @challenger")

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from encore.core import atomic, faults
 from encore.core.config import EncoreConfig
+from encore.core.progress import Progress
 from encore.core.schemas import CONTENT_VALID_FROM, ENCODER_ERROR, ENCODERS, TRACK_CONTENT_TABLE
 from encore.core.workspace import Workspace
 from jobs.encoders import EncoderSpec, build_encoders, encoder_specs
@@ -250,7 +251,7 @@ def iter_encoded(cfg: EncoreConfig, specs: Sequence[EncoderSpec], todo: pa.Table
     at once; torch stages split ``embed.num_gpus`` where the cluster has GPUs. Yields output
     batches as they finish (in no particular order).
     """
-    from encore.core.ray_session import get_ray, gpus_per_actor
+    from encore.core.ray_session import actor_options, get_ray, gpus_per_actor
 
     ray = get_ray(cfg.ray)
     actors = cfg.embed.actors
@@ -260,17 +261,22 @@ def iter_encoded(cfg: EncoreConfig, specs: Sequence[EncoderSpec], todo: pa.Table
     n = cfg.embed.rows_per_block
     dataset = ray.data.from_arrow([todo.slice(i, n) for i in range(0, todo.num_rows, n)])
     for group in groups:
-        dataset = dataset.map_batches(
-            EncodeBatch,
-            # Threads per actor: the node's cores over the pool, not over the stages - a stage that
-            # waits on its neighbours should not leave cores idle.
-            fn_constructor_kwargs={"specs": group, "threads": int(max(1, node_cpus // actors))},
-            batch_format="pyarrow",
-            batch_size=_batch_size(cfg, group[0].name),
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=node_cpus / (len(groups) * actors),
-            num_gpus=gpus_per_actor(ray, cfg.embed.num_gpus / gpu_stages) if any(map(_uses_gpu, group)) else 0,
-        )
+        with actor_options():
+            dataset = dataset.map_batches(
+                EncodeBatch,
+                # Threads per actor: the node's cores over the pool, not over the stages - a stage that
+                # waits on its neighbours should not leave cores idle.
+                fn_constructor_kwargs={"specs": group, "threads": int(max(1, node_cpus // actors))},
+                batch_format="pyarrow",
+                batch_size=_batch_size(cfg, group[0].name),
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=node_cpus / (len(groups) * actors),
+                num_gpus=gpus_per_actor(ray, cfg.embed.num_gpus / gpu_stages) if any(map(_uses_gpu, group)) else 0,
+                # Ray Data keeps actor constructor arguments in the object store, and with restarts on
+                # (its default) logs at every pool start that a restart could fail. A lost actor fails
+                # the job instead; the job is all-or-nothing and a rerun encodes what is missing.
+                max_restarts=0,
+            )
     # Stream results to the driver rather than `write_parquet`: no write tasks compete with the
     # actors for CPUs, and the job stages one file per encoder for its journaled publication.
     yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
@@ -294,12 +300,14 @@ def _encode_to_stage(cfg: EncoreConfig, active: Sequence[EncoderSpec], todo: pa.
     files = {s.name: stage / "embeddings" / s.name / "part-0.parquet" for s in active}
     counts = {s.name: Counter() for s in active}
     writers = {}
+    bar = Progress(todo.num_rows, "embed " + "+".join(files), "track")
     t1 = time.perf_counter()
     try:
         for name, f in files.items():
             f.parent.mkdir(parents=True)
             writers[name] = pq.ParquetWriter(f, CACHE_SCHEMA)
         for batch in iter_encoded(cfg, active, todo):
+            bar.update(batch.num_rows)
             for name, writer in writers.items():
                 rows = batch.filter(batch[f"need_{name}"])
                 writer.write_table(pa.table({
@@ -308,6 +316,7 @@ def _encode_to_stage(cfg: EncoreConfig, active: Sequence[EncoderSpec], todo: pa.
                     "computed_at": pa.array([now.as_py()] * rows.num_rows, _TS)}).cast(CACHE_SCHEMA))
                 counts[name].update(r if r is not None else "" for r in rows[f"{name}_reason"].to_pylist())
     finally:
+        bar.close()
         for writer in writers.values():
             writer.close()
     report.encode_seconds = round(time.perf_counter() - t1, 3)

@@ -31,6 +31,7 @@ import pandas as pd
 from encore.core import faults, lake
 from encore.core.atomic import Swap, new_run_id, publish_run, recover, write_report
 from encore.core.config import EncoreConfig, registered_model_name
+from encore.core.progress import Progress
 from encore.core.schemas import RECOMMENDATION_COLUMNS, USER_RECOMMENDATIONS_TABLE
 from encore.core.workspace import Workspace, partitions
 
@@ -239,27 +240,31 @@ def rank(cfg: EncoreConfig, champ: Champion, inputs: pd.DataFrame, k: int, popul
     """The lazy Ray Dataset of ranked rows (RECOMMENDATION_COLUMNS) for ``inputs`` (user_id,
     track_ids, completions): a pool of ``scoring.actors`` ChampionScorer actors, each with one
     pyfunc, on a GPU each where the cluster has GPUs."""
-    from encore.core.ray_session import get_ray, gpus_per_actor
+    from encore.core.ray_session import actor_options, get_ray, gpus_per_actor
 
     ray = get_ray(cfg.ray)
     actors = cfg.scoring.actors
     node_cpus = max((n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n.get("Alive")), default=1.0)
     blocks = max(actors, int(np.ceil(len(inputs) / cfg.scoring.batch_size)))
     dataset = ray.data.from_pandas(inputs).repartition(blocks)
-    return dataset.map_batches(
-        ChampionScorer,
-        fn_constructor_kwargs={
-            "champion": champ, "tracking_uri": cfg.mlflow_tracking_uri(),
-            "registry_uri": cfg.mlflow_registry_uri(), "top_k": k,
-            "mask_heard": cfg.scoring.mask_heard, "popular": popular, "lineage": lineage,
-            "threads": int(max(1, node_cpus // actors))},
-        batch_format="pandas",
-        batch_size=cfg.scoring.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        # One logical CPU per actor (torch uses `threads` cores): the rest runs the write tasks.
-        num_cpus=1,
-        num_gpus=gpus_per_actor(ray, cfg.scoring.num_gpus),
-    )
+    with actor_options():
+        return dataset.map_batches(
+            ChampionScorer,
+            fn_constructor_kwargs={
+                "champion": champ, "tracking_uri": cfg.mlflow_tracking_uri(),
+                "registry_uri": cfg.mlflow_registry_uri(), "top_k": k,
+                "mask_heard": cfg.scoring.mask_heard, "popular": popular, "lineage": lineage,
+                "threads": int(max(1, node_cpus // actors))},
+            batch_format="pandas",
+            batch_size=cfg.scoring.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            # One logical CPU per actor (torch uses `threads` cores): a core stays for the driver.
+            num_cpus=1,
+            num_gpus=gpus_per_actor(ray, cfg.scoring.num_gpus),
+            # No actor restarts (see jobs/embed.py): a lost actor fails the run, which publishes
+            # nothing and reruns whole.
+            max_restarts=0,
+        )
 
 
 def score(cfg: EncoreConfig, day: date | None = None, top_k: int | None = None,
@@ -306,8 +311,7 @@ def score(cfg: EncoreConfig, day: date | None = None, top_k: int | None = None,
                    "feature_snapshot": rep.feature_snapshot, "scoring_run_id": run_id}
         popular_list = list(zip(popular["track_id"].astype(str), popular["plays_7d"].astype(float), strict=True))
         ranked = rank(cfg, champ, active[["user_id", "track_ids", "completions"]], k, popular_list, lineage)
-        # write_parquet adds files to whatever the folder holds: it writes a fresh staging folder only.
-        ranked.write_parquet(str(staged))
+        _stage_rows(ranked, staged / "part-0.parquet", len(active))
         rep.steps["rank_s"] = round(time.perf_counter() - t, 3)
 
         t = time.perf_counter()
@@ -340,6 +344,32 @@ def score(cfg: EncoreConfig, day: date | None = None, top_k: int | None = None,
     log.info("scored %d users (%d on fallback) into %s in %.1fs", rep.users_model + rep.users_fallback,
              rep.users_fallback, rep.output, rep.seconds)
     return rep
+
+
+def _stage_rows(ranked: Any, path: Path, users: int) -> None:
+    """Stream the ranked rows to one staged file, counting users as their lists arrive.
+
+    The rows (users x top_k, ~10^5 for LastFM-1K's 992 users) pass through the driver: that is what
+    lets a progress bar count users, and one file per night reads back fastest. Each actor output
+    batch holds whole users (the scorer emits all of a user's ranks at once).
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer: pq.ParquetWriter | None = None
+    with Progress(users, "score", "user") as bar:
+        try:
+            for batch in ranked.iter_batches(batch_format="pyarrow", batch_size=None):
+                if batch.num_rows == 0:
+                    continue
+                if writer is None:
+                    writer = pq.ParquetWriter(path, batch.schema)
+                writer.write_table(batch.cast(writer.schema))
+                bar.update(len(pc.unique(batch["user_id"])))
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def _per_user_lists(folder: Path, day: date) -> pd.DataFrame:

@@ -147,6 +147,22 @@ def sampled_ranks(
     return torch.where(target_kept, ranks, torch.full_like(ranks, MISS)).cpu()  # [N]
 
 
+def popularity_ranks(plays: np.ndarray, targets: torch.Tensor, exclude: sparse.spmatrix | None = None) -> torch.Tensor:
+    """Ranks under the popularity ranking (every user gets the same scores, training plays [n+1]):
+    the baseline every model must beat, on the same examples and masking as the model's ranks.
+
+    Scored in chunks of ``rows_per_forward`` rows, so a 1M-item catalogue never holds more than
+    SCORE_BUDGET_BYTES of scores. Returns LongTensor [N] like ``full_ranking_ranks``.
+    """
+    scores = torch.as_tensor(plays, dtype=torch.float32)[None, :]  # [1, n+1]
+    rows = rows_per_forward(scores.shape[1])
+    csr = sparse.csr_matrix(exclude) if exclude is not None else None
+    out = [full_ranking_ranks(scores.expand(len(targets[i:i + rows]), -1), targets[i:i + rows],
+                              csr[i:i + rows] if csr is not None else None)
+           for i in range(0, len(targets), rows)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
 def metrics_from_ranks(ranks: torch.Tensor, ks: list[int]) -> dict[str, float]:
     """HR@k, Recall@k, NDCG@k for each k, MRR (uncut) and n, averaged over examples.
 

@@ -99,6 +99,25 @@ class Recommender(mlflow.pyfunc.PythonModel):
                              "history_len": np.array([len(e[0]) for e in encoded], dtype=np.int64)})
 
 
+# What the pyfunc and its code_paths import when a scorer loads it. Pinned to this venv's versions:
+# MLflow would otherwise infer them in a subprocess (slow) and then warn, at every load, about
+# packages it picked up on the way (backports-tarfile) that the venv does not hold as such.
+_REQUIREMENTS = ("mlflow", "torch", "transformers", "peft", "numpy", "pandas", "pyyaml", "pydantic")
+
+
+def pip_requirements() -> list[str]:
+    """``name==version`` for each of :data:`_REQUIREMENTS` installed here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in _REQUIREMENTS:
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return out
+
+
 def log_recommender(model: SequenceModel, track_ids: list[str], max_len: int, mask_history: bool,
                     example: pd.DataFrame, registered_name: str | None) -> Any:
     """Log ``model`` in the active run as pyfunc ``model``; register it when a name is given."""
@@ -114,6 +133,7 @@ def log_recommender(model: SequenceModel, track_ids: list[str], max_len: int, ma
             code_paths=[str(REPO / "training"), str(REPO / "encore")],
             signature=signature(10, mask_history),
             input_example=example,
+            pip_requirements=pip_requirements(),
             registered_model_name=registered_name,
         )
         shutil.rmtree(folder, ignore_errors=True)

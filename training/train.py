@@ -27,11 +27,11 @@ import torch
 import yaml
 
 import mlflow
-from encore.core.config import EncoreConfig
+from encore.core.config import EncoreConfig, EvalSettings
 from encore.core.workspace import Workspace
 from training import tracking
 from training.data import Dataset, content_table, load_lake, training_plays, user_context
-from training.metrics import evaluate_ranks, metrics_from_ranks
+from training.metrics import evaluate_ranks, metrics_from_ranks, popularity_ranks
 from training.models import ID_ENCODERS, build_id_encoder, model_class
 from training.models.base import ContentTable, IdEncoder, SequenceModel
 from training.trainer import FitResult, fit, rng_preserved, seed_everything
@@ -55,6 +55,9 @@ class TrainOutcome:
     info: dict[str, Any] = field(default_factory=dict)
     trained: SequenceModel | None = field(default=None, repr=False)  # the model itself, best epoch
     by_popularity: pd.DataFrame | None = field(default=None, repr=False)  # see popularity_breakdown
+    # The popularity ranking's metrics on the same test examples: what the model must beat.
+    # Empty under the sampled protocol (its candidates are the model's draws).
+    baseline: dict[str, float] = field(default_factory=dict)
 
 
 def default_backbone() -> Path:
@@ -237,6 +240,15 @@ def popularity_breakdown(data: Dataset, ranks: torch.Tensor, ks: list[int]) -> p
     return pd.DataFrame(rows)
 
 
+def popularity_test(data: Dataset, settings: EvalSettings) -> dict[str, float]:
+    """The popularity ranking (training plays) on ``data.test`` under full ranking, masked as the
+    model's ranking is; {} under the sampled protocol."""
+    if settings.protocol != "full":
+        return {}
+    exclude = data.test.history if settings.mask_history else None
+    return metrics_from_ranks(popularity_ranks(training_plays(data), data.test.targets, exclude), settings.ks)
+
+
 def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable | None = None,
           register: bool = True, log_model: bool = True, run_name: str | None = None, nested: bool = False,
           tags: dict[str, str] | None = None, max_epochs: int | None = None) -> TrainOutcome:
@@ -294,7 +306,9 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
         if tc.eval.protocol == "sampled":
             test["sampled_candidates"] = float(tc.eval.num_candidates)
         valid = result.best_valid if result else {}
+        baseline = popularity_test(data, tc.eval)
         tracking.log_metrics("test_", test)
+        tracking.log_metrics("popularity_test_", baseline)
         tracking.log_metrics("best_valid_", valid)
         if result:
             mlflow.log_metrics({"best_epoch": result.best_epoch, "train_samples_per_s": result.samples_per_s})
@@ -302,7 +316,8 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
             t = Path(tmp)
             (t / "config.yaml").write_text(yaml.safe_dump(cfg.effective(), sort_keys=False))
             (t / "item_ids.json").write_text(json.dumps(data.vocab.track_ids))
-            (t / "metrics.json").write_text(json.dumps({"test": test, "valid": valid, "data": data.info}, indent=2))
+            (t / "metrics.json").write_text(json.dumps({"test": test, "valid": valid, "popularity_test": baseline,
+                                                        "data": data.info}, indent=2))
             if result:
                 (t / "deepspeed.json").write_text(json.dumps(result.ds_config, indent=2))
                 (t / "history.json").write_text(json.dumps(result.history, indent=2))
@@ -319,7 +334,8 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
             mlflow.set_tag("encore.id_encoder", id_folder)
     outcome = TrainOutcome(run_id=run_id, model=tc.model, test=test, valid=valid, fit=result,
                            model_version=version, id_encoder=id_folder, trainable_params=trainable,
-                           info=dict(data.info), trained=model, by_popularity=by_popularity)
+                           info=dict(data.info), trained=model, by_popularity=by_popularity,
+                           baseline=baseline)
     # Finished: the checkpoints have served their purpose; the next run with this key starts afresh.
     shutil.rmtree(run_dir, ignore_errors=True)
     return outcome

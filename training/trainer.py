@@ -14,13 +14,13 @@ kept apart and restored at the end (early stopping).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
 import random
 import shutil
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from encore.core import faults
 from encore.core.config import TrainConfig
+from encore.core.progress import Progress
 from training.data import Dataset, EvalSet, prefix_samples, seq2seq_windows
 from training.metrics import evaluate
 from training.models.base import SequenceModel
@@ -178,16 +178,24 @@ def fit(model: SequenceModel, data: Dataset, tc: TrainConfig, run_dir: Path,
     sees each epoch's losses and validation metrics (the caller logs them to MLflow).
     ``max_epochs`` stops early on purpose (tests, benchmarks) without touching ``tc``.
     """
+    gpu = torch.cuda.is_available()
+    if not gpu:
+        # Said, not detected: DeepSpeed's detection warns "Setting accelerator to CPU" otherwise.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
     single_process_env()
-    gpu = torch.cuda.is_available()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     ds_cfg = deepspeed_config(tc, gpu, world)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{model.kind} has no trainable parameters")
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_cfg)
+    # DeepSpeed prints "... shm_comm_op built successfully" on stdout as it sets up its CPU
+    # communication op; stdout is for a command's result. Kept at debug level instead.
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_cfg)
+    if said.getvalue().strip():
+        log.debug("deepspeed: %s", said.getvalue().strip())
     if tc.zero_stage == 3:
         for p in model.tied_parameters():
             deepspeed.zero.register_external_parameter(model, p)
@@ -222,16 +230,16 @@ def fit(model: SequenceModel, data: Dataset, tc: TrainConfig, run_dir: Path,
         engine.train()
         losses = []
         t0 = time.perf_counter()
-        bar = tqdm(range(0, len(order), tc.batch_size), desc=f"{model.kind} epoch {epoch}/{last_epoch}",
-                   unit="batch", leave=False, disable=None, file=sys.stderr)
-        for start in bar:
-            idx = order[start:start + tc.batch_size]
-            batch = {"items": items[idx].to(device), "completion": comp[idx].to(device)}
-            loss = engine(batch)
-            engine.backward(loss)
-            engine.step()
-            losses.append(float(loss.detach().float()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        # Counted in samples, so the bar's rate is samples/s and its ETA the epoch's remainder.
+        with Progress(len(order), f"{model.kind} epoch {epoch}/{last_epoch}", "sample") as bar:
+            for start in range(0, len(order), tc.batch_size):
+                idx = order[start:start + tc.batch_size]
+                batch = {"items": items[idx].to(device), "completion": comp[idx].to(device)}
+                loss = engine(batch)
+                engine.backward(loss)
+                engine.step()
+                losses.append(float(loss.detach().float()))
+                bar.update(len(idx), loss=losses[-1])
         busy += time.perf_counter() - t0
         seen += len(order)
         valid = validate(engine.module, data.valid, tc, device)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import sys
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from encore.core.config import RayConfig
@@ -37,10 +39,11 @@ def get_ray(cfg: RayConfig) -> Any:
         ray.init(num_cpus=cfg.num_cpus, object_store_memory=cfg.object_store_memory_mb * 1024 * 1024,
                  runtime_env=runtime_env, **common)
     ctx = ray.data.DataContext.get_current()
-    # Bars on a terminal; elsewhere (CI, cron) Ray Data would log a progress block every 10 s.
-    # Its loggers are configured at import with their own INFO level: make them follow the
-    # application's level for "ray" (the CLI sets WARNING unless -v).
-    ctx.enable_progress_bars = sys.stderr.isatty()
+    # Encore's jobs draw their own progress (encore.core.progress: tracks embedded, users scored);
+    # Ray Data's per-operator bars beside them, or its progress block logged every 10 s without
+    # a terminal, would say the same thing twice. Its loggers are configured at import with their
+    # own INFO level: make them follow the application's level for "ray" (WARNING unless -v).
+    ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.getLogger("ray").getEffectiveLevel())
     log.info("ray: %s", {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")})
     return ray
@@ -49,3 +52,13 @@ def get_ray(cfg: RayConfig) -> Any:
 def gpus_per_actor(ray: Any, wanted: float) -> float:
     """``wanted`` where the cluster has GPUs, else 0: the same config runs on CPU-only machines."""
     return wanted if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+@contextlib.contextmanager
+def actor_options() -> Iterator[None]:
+    """Around a ``map_batches`` that passes actor options Ray Data has no named parameter for
+    (``max_restarts``): Ray 2.60 warns that such ``**ray_remote_args`` are deprecated, yet offers
+    no other way to set them. Only that one warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
+        yield

@@ -280,13 +280,47 @@ def backfill(cfg: EncoreConfig, start: date, end: date) -> dict[str, Any]:
     return {"features": feats.to_dict(), "materialize": {"end": mat.end, "views": mat.views, "seconds": mat.seconds}}
 
 
+def step_rows(name: str, summary: dict[str, Any]) -> str:
+    """What a finished step moved, in one phrase ("+118,685 listens, +3,000 tracks, 0 quarantined")."""
+    if "skipped" in summary or "note" in summary:
+        return str(summary.get("skipped") or summary.get("note"))
+    if name == "ingest":
+        tables = [t for t in ("listens", "tracks", "users") if summary.get(t)]
+        quarantined = sum(summary[t].get("quarantined_total", 0) for t in tables)
+        return ", ".join([*(f"+{summary[t]['added']:,} {t}" for t in tables), f"{quarantined:,} quarantined"])
+    if name == "features":
+        tables = summary.get("tables", {})
+        rows = sum(v.get("rows", 0) for v in tables.values())
+        return f"{summary.get('mode')}, {rows:,} rows in {len(tables)} table{'' if len(tables) == 1 else 's'}"
+    if name == "embed":
+        enc = summary.get("encoders", {})
+        if not enc:
+            return "nothing to encode"
+        done = max(v.get("computed", 0) for v in enc.values())
+        return f"{done:,} tracks encoded; vectors " + ", ".join(
+            f"{e} {v.get('embedded', v.get('computed', 0)):,}" for e, v in enc.items())
+    if name == "materialize":
+        rows = sum(v.get("source_rows", 0) for v in summary.get("views", {}).values())
+        return f"{rows:,} rows into the online store"
+    if name == "score":
+        users = summary.get("users_model", 0) + summary.get("users_fallback", 0)
+        return (f"{users:,} users ({summary.get('users_fallback', 0):,} on the fallback), "
+                f"{summary.get('rows', 0):,} rows")
+    if name == "report":
+        return str(summary.get("html", ""))
+    return ""
+
+
 def progress_printer(stream: Any = None) -> Callable[[str, str, dict[str, Any]], None]:
-    """An ``on_step`` that prints one line per step event (plain text: it reads the same in a log file)."""
+    """An ``on_step`` that prints a start line and an end line per step, the end with what it moved
+    and its seconds (plain text: it reads the same in a log file)."""
     out = stream or sys.stderr
     index = {n: i + 1 for i, n in enumerate(STEPS)}
 
     def show(name: str, status: str, rec: dict[str, Any]) -> None:
-        took = f" in {rec['seconds']:.1f}s" if "seconds" in rec else ""
-        print(f"[{index[name]}/{len(STEPS)}] {name:<12} {status}{took}", file=out, flush=True)
+        took = f" in {rec['seconds']:.1f} s" if "seconds" in rec else ""
+        rows = step_rows(name, rec["summary"]) if "summary" in rec else rec.get("error", "")
+        tail = f": {rows}" if rows and status != "running" else ""
+        print(f"[{index[name]}/{len(STEPS)}] {name:<12} {status}{took}{tail}", file=out, flush=True)
 
     return show

@@ -69,7 +69,7 @@ def test_a_failed_step_is_named_and_the_rerun_resumes_there(champion_home, tmp_p
     html_path, json_path = Path(written["html"]), Path(written["json"])
     assert html_path.name == f"nightly-{datetime.now(UTC).date()}.html"
     page = html_path.read_text()
-    assert page.count('src="data:image/png;base64,') == 2
+    assert page.count('src="data:image/png;base64,') == 3  # trends, step timings, scores and exposure
     report = json.loads(json_path.read_text())
     recs = pd.read_parquet(out["steps"]["score"]["summary"]["output"])
     assert report["lists"]["rows"] == len(recs) and report["lists"]["users"] == recs["user_id"].nunique()

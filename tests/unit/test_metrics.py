@@ -301,3 +301,18 @@ def test_full_ranking_over_a_million_items_scores_in_bounded_batches_and_stays_e
     assert max(model.rows_seen) * (n + 1) * 4 <= SCORE_BUDGET_BYTES
     # Item 2 is masked, so every target above it moves up by one; ranks are exact at this size too.
     assert ranks.tolist() == [0, 8, 999_997, 999_998] * 10
+
+
+def test_the_popularity_baseline_ranks_by_plays_with_history_masked_in_chunks(monkeypatch) -> None:
+    import training.metrics as m
+
+    plays = np.array([0, 5, 9, 1, 7, 3])  # [n+1]: item 2 most played, then 4, 1, 5, 3
+    targets = torch.tensor([2, 1, 3, 4])
+    history = sparse.csr_matrix(np.array([[0, 0, 0, 0, 0, 0],    # nothing masked: 2 ranks first
+                                          [0, 0, 1, 0, 1, 0],    # 2 and 4 masked: 1 ranks first
+                                          [0, 0, 0, 0, 0, 0],    # 3 is the least played: last of 5
+                                          [0, 0, 0, 0, 1, 0]]))  # the target is history: a miss
+    monkeypatch.setattr(m, "SCORE_BUDGET_BYTES", 4 * 6)  # one row a forward: the chunks must agree
+    ranks = m.popularity_ranks(plays, targets, history)
+    assert ranks.tolist() == [0, 0, 4, m.MISS]
+    assert m.popularity_ranks(plays, targets).tolist() == [0, 2, 4, 1]
