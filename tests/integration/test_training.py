@@ -213,3 +213,42 @@ def test_bench_standard_trains_on_a_standard_file_and_prints_published_figures(t
     assert "Encore sasrec (this run)" in result.output and "SASRec as reported by E4SRec" in result.output
     runs = mlflow.search_runs(experiment_names=["encore"], filter_string="tags.`encore.bench` = 'standard'")
     assert len(runs) == 1
+
+
+def _scripted_validation(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> None:
+    import training.trainer as trainer
+
+    it = iter(scores)
+    monkeypatch.setattr(trainer, "validate", lambda *a, **k: {"ndcg@10": next(it), "hr@10": 0.0})
+
+
+def test_patience_waits_while_the_model_sits_at_the_popularity_plateau(tmp_path: Path, monkeypatch) -> None:
+    # GRU4Rec and BERT4Rec first learn the item unigram and stay at the popularity ranking for
+    # epochs; a patience of 3 used to stop them there (their ablation rows = popularity).
+    from training.trainer import PLATEAU_MARGIN, popularity_floor
+
+    data, n = cyclic_data()
+    tc = small_tc(epochs=9, patience=3)
+    floor = popularity_floor(data, tc)
+    assert floor is not None and floor > 0
+    plateau = [floor, 1.1 * floor, 0.9 * floor, floor, 1.05 * floor]  # noise around popularity, 5 epochs
+    _scripted_validation(monkeypatch, [*plateau, 3 * floor, 4 * floor, 3.5 * floor, 3.5 * floor])
+    torch.manual_seed(0)
+    result = fit(SASRec(n_items=n, max_len=10, hidden=16, inner=32, dropout=0.0), data, tc, tmp_path / "a")
+    assert [r["epoch"] for r in result.history] == list(range(1, 10))  # the old rule stopped after epoch 5
+    assert result.best_epoch == 7 and not result.stopped_early
+    assert PLATEAU_MARGIN > 1.1  # the plateau's noise must not count as having left it
+
+
+def test_patience_counts_as_before_once_the_model_is_above_popularity(tmp_path: Path, monkeypatch) -> None:
+    from training.trainer import popularity_floor
+
+    data, n = cyclic_data()
+    tc = small_tc(epochs=9, patience=3)
+    floor = popularity_floor(data, tc)
+    _scripted_validation(monkeypatch, [3 * floor, 4 * floor, 3 * floor, 3 * floor, 3.9 * floor, 5 * floor])
+    torch.manual_seed(0)
+    result = fit(SASRec(n_items=n, max_len=10, hidden=16, inner=32, dropout=0.0), data, tc, tmp_path)
+    assert len(result.history) == 5 and result.best_epoch == 2 and result.stopped_early
+    sampled = small_tc(eval={"protocol": "sampled", "num_candidates": 10})
+    assert popularity_floor(data, sampled) is None  # sampled candidates: no popularity floor to compare
