@@ -27,14 +27,14 @@ import torch
 import yaml
 
 import mlflow
-from encore.core.config import EncoreConfig, EvalSettings
+from encore.core.config import EncoreConfig
 from encore.core.workspace import Workspace
 from training import tracking
 from training.data import Dataset, content_table, load_lake, training_plays, user_context
-from training.metrics import evaluate_ranks, metrics_from_ranks, popularity_ranks
+from training.metrics import evaluate_ranks, metrics_from_ranks
 from training.models import ID_ENCODERS, build_id_encoder, model_class
 from training.models.base import ContentTable, IdEncoder, SequenceModel
-from training.trainer import FitResult, fit, rng_preserved, seed_everything
+from training.trainer import FitResult, fit, popularity_metrics, rng_preserved, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -240,15 +240,6 @@ def popularity_breakdown(data: Dataset, ranks: torch.Tensor, ks: list[int]) -> p
     return pd.DataFrame(rows)
 
 
-def popularity_test(data: Dataset, settings: EvalSettings) -> dict[str, float]:
-    """The popularity ranking (training plays) on ``data.test`` under full ranking, masked as the
-    model's ranking is; {} under the sampled protocol."""
-    if settings.protocol != "full":
-        return {}
-    exclude = data.test.history if settings.mask_history else None
-    return metrics_from_ranks(popularity_ranks(training_plays(data), data.test.targets, exclude), settings.ks)
-
-
 def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable | None = None,
           register: bool = True, log_model: bool = True, run_name: str | None = None, nested: bool = False,
           tags: dict[str, str] | None = None, max_epochs: int | None = None) -> TrainOutcome:
@@ -306,7 +297,7 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
         if tc.eval.protocol == "sampled":
             test["sampled_candidates"] = float(tc.eval.num_candidates)
         valid = result.best_valid if result else {}
-        baseline = popularity_test(data, tc.eval)
+        baseline = popularity_metrics(data, data.test, tc.eval, tc.eval.ks)
         tracking.log_metrics("test_", test)
         tracking.log_metrics("popularity_test_", baseline)
         tracking.log_metrics("best_valid_", valid)

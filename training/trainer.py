@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from encore.core import faults
-from encore.core.config import TrainConfig
+from encore.core.config import EvalSettings, TrainConfig
 from encore.core.progress import Progress
 from training.data import Dataset, EvalSet, prefix_samples, seq2seq_windows, training_plays
 from training.metrics import evaluate, metrics_from_ranks, popularity_ranks
@@ -176,14 +176,19 @@ def _plain_copy(engine: Any) -> SequenceModel:
     return plain
 
 
+def popularity_metrics(data: Dataset, evalset: EvalSet, settings: EvalSettings, ks: list[int]) -> dict[str, float]:
+    """The popularity ranking (training plays) on ``evalset`` under full ranking, masked as the
+    model's ranking is: what every model must beat. {} under the sampled protocol, whose
+    candidates are the model's own draws, or for an empty set."""
+    if settings.protocol != "full" or len(evalset.targets) == 0:
+        return {}
+    exclude = evalset.history if settings.mask_history else None
+    return metrics_from_ranks(popularity_ranks(training_plays(data), evalset.targets, exclude), ks)
+
+
 def popularity_floor(data: Dataset, tc: TrainConfig) -> float | None:
-    """The popularity ranking's validation SELECTION_METRIC (training plays, masked as the model's
-    ranking is); None under the sampled protocol, whose candidates are the model's own draws."""
-    if tc.eval.protocol != "full" or len(data.valid.targets) == 0:
-        return None
-    exclude = data.valid.history if tc.eval.mask_history else None
-    ranks = popularity_ranks(training_plays(data), data.valid.targets, exclude)
-    return metrics_from_ranks(ranks, [10])[SELECTION_METRIC]
+    """The popularity ranking's validation SELECTION_METRIC; None where it has none (see above)."""
+    return popularity_metrics(data, data.valid, tc.eval, [10]).get(SELECTION_METRIC)
 
 
 def counts_against_patience(best: float, floor: float | None) -> bool:
