@@ -820,33 +820,46 @@ def bench_table(ctx: click.Context, seeds: str, only: tuple[str, ...], **opts: A
               help='Item attributes JSON {"item": [attribute ids]}: the metadata modality.')
 @click.option("--protocol", type=click.Choice(["full", "sampled-100"]), default="full", show_default=True,
               help="Full ranking, or the target among 100 sampled negatives (warns: not comparable).")
+@click.option("--models", help="Comma-separated, from sasrec, sasrec-ligr, bert4rec, gru4rec, e4srec-id, "
+                               "e4srec (ID + attributes), content. Default: --model, else sasrec.")
+@click.option("--seeds", help="Comma-separated seeds; each model runs once per seed. Default: --seed, else 0.")
 @_train_options
 @click.pass_context
 def bench_standard_cmd(ctx: click.Context, data_file: Path, attributes: Path | None, protocol: str,
-                       **opts: Any) -> None:
+                       models: str | None, seeds: str | None, **opts: Any) -> None:
     """Train and evaluate on a standard sequential dataset; print published figures beside ours.
 
     \b
-    Example (Amazon Beauty, leave-one-out, full ranking):
-      encore bench standard --data ../shared/datasets/beauty/Beauty.txt --model sasrec
+    Each model runs once per seed; the table gives mean ± std over seeds, test metrics with the
+    history masked (Encore's protocol) and unmasked (most papers'), epochs and wall time per run.
+    Finished runs are remembered: a rerun after a kill resumes. Table and runs go to
+    <home>/outputs/bench-standard/<dataset>-<protocol>/.
+
+    \b
+    Example (Amazon Beauty, leave-one-out, full ranking, 3 seeds):
+      encore bench standard --data ../shared/datasets/beauty/Beauty.txt \\
+        --attributes ../shared/datasets/beauty/Beauty_item2attributes.json \\
+        --models sasrec,bert4rec,gru4rec --seeds 0,1,2 --epochs 10
     """
-    from training.standard import bench_standard
+    from training.standard import standard_table
 
     changes = _train_changes(**opts)
-    changes["model"] = changes.get("model") or "sasrec"
+    names = [m.strip() for m in models.split(",")] if models else [changes.pop("model", None) or "sasrec"]
+    changes.pop("model", None)
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else [changes.get("seed") or 0]
+    changes.pop("seed", None)
     cfg = _with_train(_config(ctx), **changes)
-    out, published = bench_standard(cfg, data_file, attributes, protocol)
-    cols = ["hr@5", "hr@10", "ndcg@5", "ndcg@10"]
-    width = max(len(p["source"]) for p in published) + 2
-    click.echo(f"{data_file.name}: {out.info.get('users')} users, {out.info.get('items')} items, protocol {protocol}")
-    click.echo(f"{'':<{width}}" + "".join(f"{c:>9}" for c in cols))
-    name = f"Encore {out.model} (this run)"
-    click.echo(f"{name:<{width}}" + "".join(f"{out.test[c]:>9.4f}" for c in cols))
-    for p in published:
-        click.echo(f"{p['source']:<{width}}" + "".join(f"{p[c]:>9.4f}" for c in cols))
-    if out.fit:
-        click.echo(f"{len(out.fit.history)} epochs, best {out.fit.best_epoch}, "
-                   f"{out.fit.samples_per_s:,.0f} training samples/s; MLflow run {out.run_id}")
+    if protocol != "full":
+        click.echo("warning: sampled metrics can reorder models (Krichene & Rendle, KDD 2020); "
+                   "they are not comparable with full-ranking figures", err=True)
+    try:
+        out = standard_table(cfg, data_file, attributes, protocol, names, seed_list)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--models") from None
+    click.echo(f"{data_file.name}: {out['info'].get('users')} users, {out['info'].get('items')} items, "
+               f"protocol {protocol}")
+    click.echo(out["markdown"].read_text())
+    click.echo(f"table: {out['markdown']}")
 
 
 # --------------------------------------------------------------------------- summary

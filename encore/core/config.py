@@ -236,6 +236,10 @@ class IdEncoderSettings(_Section):
     inner: int = Field(256, ge=8, description="feed-forward size")
     dropout: float = Field(0.2, ge=0, lt=1, description="hidden and attention dropout")
     mask_prob: float = Field(0.2, gt=0, lt=1, description="BERT4Rec: share of items masked per sequence")
+    # pre-ln: nn.TransformerEncoderLayer, pre-norm, GELU (RecBole's defaults). ligr: eSASRec's
+    # LiGR-style layer: pre-norm, and each sublayer's output gated by sigmoid(W · its normed input)
+    # before the residual add (docs/models.md, Beauty table).
+    block: Literal["pre-ln", "ligr"] = Field("pre-ln", description="SASRec/BERT4Rec transformer block")
     # Full softmax over the catalog beats one sampled negative (Klenitskiy & Vasilev, RecSys 2023), and
     # sampled softmax with a few hundred shared negatives comes close to it at a fraction of the cost
     # (gSASRec, eSASRec). auto: ce up to 50,000 items, sampled above (docs/training-at-scale.md).

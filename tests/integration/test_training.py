@@ -193,7 +193,7 @@ def test_e4srec_on_a_tiny_llama_trains_with_content_from_feast_and_registers(con
     assert len(got["track_ids"][0]) == 5 and not set(got["track_ids"][0]) & set(tracks[:6])
 
 
-def test_bench_standard_trains_on_a_standard_file_and_prints_published_figures(tmp_path: Path) -> None:
+def test_bench_standard_runs_models_over_seeds_prints_mean_std_and_resumes(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from encore.cli import cli
@@ -205,14 +205,28 @@ def test_bench_standard_trains_on_a_standard_file_and_prints_published_figures(t
     data.write_text("\n".join(lines) + "\n")
     attrs = tmp_path / "attrs.json"
     attrs.write_text(json.dumps({str(i): [i % 4] for i in range(1, 31)}))
-    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "bench", "standard", "--data", str(data),
-                                      "--attributes", str(attrs), "--model", "sasrec", "--epochs", "2",
-                                      "--max-len", "8"], catch_exceptions=False)
+    args = ["--home", str(tmp_path / "home"), "bench", "standard", "--data", str(data), "--attributes", str(attrs),
+            "--models", "sasrec,gru4rec", "--seeds", "0,1", "--epochs", "2", "--max-len", "8"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "toy.txt: 40 users, 30 items, protocol full" in result.output
-    assert "Encore sasrec (this run)" in result.output and "SASRec as reported by E4SRec" in result.output
+    rows = {line.split("|")[1].strip(): line for line in result.output.splitlines() if line.startswith("| ")}
+    assert {"sasrec", "gru4rec"} <= set(rows)
+    assert " ± " in rows["sasrec"] and "| 2 |" in rows["sasrec"]  # two seeds: mean ± std
+    assert "No published figures are on record" in result.output  # toy.txt is not a known dataset
     runs = mlflow.search_runs(experiment_names=["encore"], filter_string="tags.`encore.bench` = 'standard'")
-    assert len(runs) == 1
+    assert len(runs) == 4
+    recs = [json.loads(x) for x in (tmp_path / "home" / "outputs" / "bench-standard" / "toy-full" / "runs.jsonl")
+            .read_text().splitlines()]
+    assert sorted((r["variant"], r["seed"]) for r in recs) == [("gru4rec", 0), ("gru4rec", 1), ("sasrec", 0),
+                                                               ("sasrec", 1)]
+    # The toy's targets never repeat an item of their window, so masking the history can only lift
+    # a target: the same model's unmasked figures are at most the masked ones.
+    assert all(r["unmasked"]["ndcg@10"] <= r["test"]["ndcg@10"] and r["wall_s"] > 0 for r in recs)
+    again = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert again.exit_code == 0 and again.output.count("| sasrec |") == 1
+    runs = mlflow.search_runs(experiment_names=["encore"], filter_string="tags.`encore.bench` = 'standard'")
+    assert len(runs) == 4  # every (model, seed) was done: the rerun trained nothing
 
 
 def _scripted_validation(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> None:

@@ -84,9 +84,10 @@ def record_encoder_inputs(model: IdEncoder, seen: dict[str, torch.Tensor], monke
 # -- causality and padding --
 
 
-def test_sasrec_output_at_a_position_ignores_every_later_item() -> None:
+@pytest.mark.parametrize("block", ["pre-ln", "ligr"])
+def test_sasrec_output_at_a_position_ignores_every_later_item(block: str) -> None:
     torch.manual_seed(0)
-    model = small(SASRec).eval()
+    model = small(SASRec, block=block).eval()
     items = torch.randint(1, N_ITEMS + 1, (6, L))
     items[:3, :4] = 0  # some rows left-padded
     t = 5
@@ -99,10 +100,10 @@ def test_sasrec_output_at_a_position_ignores_every_later_item() -> None:
     assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])  # later positions do read the new items
 
 
-@pytest.mark.parametrize("model_cls", [SASRec, GRU4Rec])
-def test_output_is_the_same_under_more_left_padding_and_never_nan(model_cls: type[IdEncoder]) -> None:
+@pytest.mark.parametrize(("model_cls", "block"), [(SASRec, "pre-ln"), (SASRec, "ligr"), (GRU4Rec, "pre-ln")])
+def test_output_is_the_same_under_more_left_padding_and_never_nan(model_cls: type[IdEncoder], block: str) -> None:
     torch.manual_seed(0)
-    model = model_cls(n_items=N_ITEMS, max_len=20, **SMALL).eval()
+    model = model_cls(n_items=N_ITEMS, max_len=20, **SMALL, block=block).eval()
     rows = [[3, 4, 5], [7], [1, 2, 3, 4, 5, 6, 7, 8], []]  # the last row is all padding
     short, long = left_pad(rows, 10), left_pad(rows, 20)
     with torch.no_grad():
@@ -188,6 +189,22 @@ def test_model_learns_a_deterministic_cycle(model_cls: type[IdEncoder]) -> None:
     assert next_item_hit_rate(model) > 0.9
 
 
+@pytest.mark.parametrize("model_cls", [SASRec, BERT4Rec])
+def test_ligr_blocks_learn_the_cycle_with_sampled_softmax(model_cls: type[IdEncoder]) -> None:
+    # eSASRec's setting: LiGR layers and sampled softmax.
+    torch.manual_seed(0)
+    model = small(model_cls, block="ligr", loss="sampled", sampled={"negatives": 16, "sampler": "uniform"})
+    assert all(type(b).__name__ == "LiGRBlock" for b in model.encoder.blocks)  # type: ignore[attr-defined]
+    losses = train(model, steps=300)  # the gates start half-open (sigmoid(0)): a slower start
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+    assert next_item_hit_rate(model) > 0.8
+
+
+def test_unknown_transformer_block_fails_at_construction() -> None:
+    with pytest.raises(ValueError, match="block"):
+        SASRec(n_items=N_ITEMS, block="post-ln")
+
+
 @pytest.mark.parametrize("model_cls", MODELS)
 def test_bce_loss_with_sampled_negatives_decreases(model_cls: type[IdEncoder]) -> None:
     torch.manual_seed(0)
@@ -236,9 +253,11 @@ def test_settings_build_the_model_and_config_returns_the_constructor_kwargs(mode
 
 
 @pytest.mark.parametrize("model_cls", MODELS)
-def test_save_and_load_round_trip_gives_identical_scores(model_cls: type[IdEncoder], tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", ["pre-ln", "ligr"])
+def test_save_and_load_round_trip_gives_identical_scores(model_cls: type[IdEncoder], block: str,
+                                                         tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = small(model_cls)
+    model = small(model_cls, block=block)
     train(model, steps=3)
     model.save(tmp_path / "model")
     loaded = model_cls.load(tmp_path / "model")

@@ -98,7 +98,7 @@ class IdEncoder(SequenceModel):
 
     def __init__(self, n_items: int, max_len: int = 50, hidden: int = 64, layers: int = 2, heads: int = 2,
                  inner: int = 256, dropout: float = 0.2, mask_prob: float = 0.2, loss: str = "ce",
-                 num_negatives: int = 1, sampled: dict[str, Any] | None = None) -> None:
+                 num_negatives: int = 1, sampled: dict[str, Any] | None = None, block: str = "pre-ln") -> None:
         super().__init__(n_items)
         from training.models.losses import SampledSpec, check_loss, resolve_loss
 
@@ -109,11 +109,15 @@ class IdEncoder(SequenceModel):
         self.loss_type = resolve_loss(loss, n_items)  # what trains: ce, sampled or bce
         self.sampled_settings = dict(sampled or {})
         self.sampled = SampledSpec.from_settings(self.sampled_settings)
+        if block not in ("pre-ln", "ligr"):
+            raise ValueError(f"unknown transformer block {block!r}: pre-ln or ligr")
+        self.block = block  # transformer blocks (SASRec, BERT4Rec); a GRU has none
 
     def config(self) -> dict[str, Any]:
         return {"n_items": self.n_items, "max_len": self.max_len, "hidden": self.hidden, "layers": self.layers,
                 "heads": self.heads, "inner": self.inner, "dropout": self.dropout_p, "mask_prob": self.mask_prob,
-                "loss": self.loss_setting, "num_negatives": self.num_negatives, "sampled": self.sampled_settings}
+                "loss": self.loss_setting, "num_negatives": self.num_negatives, "sampled": self.sampled_settings,
+                "block": self.block}
 
     def loss_args(self) -> tuple[str, int, Any, torch.Tensor | None]:
         """The trailing arguments of ``losses.sequence_loss`` for this model's loss setting."""

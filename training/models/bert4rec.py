@@ -58,7 +58,7 @@ class BERT4Rec(IdEncoder):
         self.pos_emb = nn.Embedding(max_len + 1, hidden)
         self.emb_norm = nn.LayerNorm(hidden)
         self.dropout = nn.Dropout(dropout)
-        self.encoder = TransformerStack(hidden, layers, heads, inner, dropout)
+        self.encoder = TransformerStack(hidden, layers, heads, inner, dropout, self.block)
         # BERT's prediction transform before the tied output layer.
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
 

@@ -8,6 +8,7 @@ Departures from the paper:
 - Positions count back from the newest item (0 = newest). The paper left-pads to a fixed length, so its
   newest item also always has the same position; counting from the right keeps that for any input length,
   and a history's output does not depend on how much left padding it carries.
+- ``block="ligr"``: eSASRec's gated pre-norm layer instead of the standard one (``LiGRBlock``).
 - Loss: full-softmax cross-entropy by default (Klenitskiy & Vasilev, RecSys 2023); ``loss="bce"`` is the
   paper's sampled binary cross-entropy.
 """
@@ -22,20 +23,50 @@ from torch import nn
 from training.models.base import NextItemEncoder
 
 
-class TransformerStack(nn.Module):
-    """Pre-LN transformer blocks with a per-row attention pattern; shared with BERT4Rec."""
+class LiGRBlock(nn.Module):
+    """A pre-norm block whose sublayer outputs pass a learned sigmoid gate before the residual add.
 
-    def __init__(self, hidden: int, layers: int, heads: int, inner: int, dropout: float) -> None:
+    The LiGR layer (LinkedIn's generative ranker, 2025) as eSASRec (arXiv 2508.06450) uses it in
+    SASRec: x + drop(g1 ⊙ attn(n1)), with n1 = LN(x) and g1 = sigmoid(W1 n1); then the same with
+    the feed-forward. The gate lets each channel choose how much of a sublayer to add, which
+    eSASRec found additive to sampled softmax. Same call as nn.TransformerEncoderLayer.
+    """
+
+    def __init__(self, hidden: int, heads: int, inner: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.gate1, self.gate2 = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.ff = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner, hidden))
+        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        """x [B, T, H]; src_mask [B * heads, T, T] bool, True = blocked -> [B, T, H]."""
+        n = self.norm1(x)
+        a, _ = self.attn(n, n, n, attn_mask=src_mask, need_weights=False)
+        x = x + self.drop1(torch.sigmoid(self.gate1(n)) * a)
+        n = self.norm2(x)
+        return x + self.drop2(torch.sigmoid(self.gate2(n)) * self.ff(n))
+
+
+class TransformerStack(nn.Module):
+    """Transformer blocks (pre-LN or LiGR) with a per-row attention pattern; shared with BERT4Rec."""
+
+    def __init__(self, hidden: int, layers: int, heads: int, inner: int, dropout: float,
+                 block: str = "pre-ln") -> None:
         super().__init__()
         if hidden % heads:
             raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
         self.heads = heads
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                hidden, heads, inner, dropout, activation="gelu", batch_first=True, norm_first=True
+        if block == "ligr":
+            self.blocks = nn.ModuleList(LiGRBlock(hidden, heads, inner, dropout) for _ in range(layers))
+        else:
+            self.blocks = nn.ModuleList(
+                nn.TransformerEncoderLayer(
+                    hidden, heads, inner, dropout, activation="gelu", batch_first=True, norm_first=True
+                )
+                for _ in range(layers)
             )
-            for _ in range(layers)
-        )
         self.norm = nn.LayerNorm(hidden)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -80,12 +111,10 @@ class SASRec(NextItemEncoder):
         super().__init__(n_items, **settings)  # IdEncoderSettings, kept for config()
         max_len, hidden, layers, heads, inner, dropout = (self.max_len, self.hidden, self.layers, self.heads,
                                                           self.inner, self.dropout_p)
-
-
         self.item_emb = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, hidden)
         self.dropout = nn.Dropout(dropout)
-        self.encoder = TransformerStack(hidden, layers, heads, inner, dropout)
+        self.encoder = TransformerStack(hidden, layers, heads, inner, dropout, self.block)
 
         self.apply(init_weights)
 
