@@ -90,6 +90,21 @@ def summarize(results: list[dict[str, Any]], names: list[str], metrics: list[str
     return rows
 
 
+POPULARITY = "Popularity (training plays)"
+
+
+def popularity_row(results: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any] | None:
+    """The popularity ranking on the same test examples, as a table row: the level every trained
+    row must leave. Each run records it (``TrainOutcome.baseline``); it does not depend on the seed."""
+    runs = [r["popularity"] for r in results if r.get("popularity")]
+    if not runs:
+        return None
+    row: dict[str, Any] = {"variant": POPULARITY, "seeds": 1}
+    for m in metrics:
+        row[m] = (float(np.mean([p[m] for p in runs])), 0.0)
+    return row
+
+
 def verdict(rows: list[dict[str, Any]], metric: str = "ndcg@10") -> dict[str, Any]:
     """Does the best multimodal E4SRec beat every ID-only model by more than 2 std (of both)?"""
     multi = [r for r in rows if r["variant"].startswith("E4SRec + all")]
@@ -138,6 +153,8 @@ def bar_chart(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    floor = next((r[metric][0] for r in rows if r["variant"] == POPULARITY), None)
+    rows = [r for r in rows if r["variant"] != POPULARITY]
     names = [r["variant"] for r in rows]
     means = [r[metric][0] for r in rows]
     stds = [r[metric][1] for r in rows]
@@ -145,6 +162,10 @@ def bar_chart(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 0.38 * len(rows) + 1.2))
     y = np.arange(len(rows))[::-1]
     ax.barh(y, means, xerr=stds, color=colors, capsize=3)
+    if floor is not None:
+        # The level a model that learned nothing but the item unigram reaches.
+        ax.axvline(floor, color="#c0392b", linestyle="--", linewidth=1.2, label=f"popularity ({floor:.4f})")
+        ax.legend(loc="lower right")
     ax.set_yticks(y, names)
     ax.set_xlabel(f"test {metric} (mean ± std over seeds)")
     ax.set_title("Ablation: ID-only (grey), content zero-shot (green), E4SRec variants (blue)")
@@ -185,6 +206,7 @@ def ablation(cfg: EncoreConfig, seeds: list[int], only: list[str] | None = None,
             rec = {"key": key, "variant": v.name, "seed": seed, "run_id": out.run_id, "test": out.test,
                    "best_epoch": out.fit.best_epoch if out.fit else None,
                    "samples_per_s": out.fit.samples_per_s if out.fit else None,
+                   "popularity": out.baseline,
                    "by_popularity": out.by_popularity.to_dict("records") if out.by_popularity is not None else None}
             with done_file.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
@@ -192,6 +214,8 @@ def ablation(cfg: EncoreConfig, seeds: list[int], only: list[str] | None = None,
     metrics = [f"{m}@{k}" for m in ("hr", "ndcg") for k in (5, 10)] + ["mrr"]
     rows = summarize(results, [v.name for v in chosen], metrics)
     v = verdict(rows)
+    floor = popularity_row(results, metrics)
+    rows += [floor] if floor else []
     md = out_dir / "ablation.md"
     md.write_text(markdown(rows, metrics, data.info, v, test_examples=len(data.test)))
     png = bar_chart(rows, "ndcg@10", out_dir / "ablation_ndcg10.png")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.ablation import markdown, summarize, variants, verdict
+from training.ablation import POPULARITY, bar_chart, markdown, popularity_row, summarize, variants, verdict
 
 
 def run(variant: str, seed: int, ndcg: float) -> dict:
@@ -39,3 +39,15 @@ def test_verdict_needs_a_gap_above_two_std_of_the_difference() -> None:
     text = markdown(rows, ["ndcg@10"], {"users": 3, "items": 9, "split": "loo"}, v, test_examples=2)
     assert "| SASRec | 3 | 0.2500 ± 0.0200 |" in text and "does NOT beat" in text
     assert text.startswith("Test metrics on 2 test examples from 3 users × 9 items")
+
+
+def test_the_popularity_row_is_the_level_each_run_recorded_and_the_chart_marks_it(tmp_path) -> None:
+    results = [{**run("GRU4Rec", s, 0.05 + s / 100), "popularity": {"ndcg@10": 0.02}} for s in range(3)]
+    rows = summarize(results, ["GRU4Rec"], ["ndcg@10"])
+    floor = popularity_row(results, ["ndcg@10"])
+    assert floor == {"variant": POPULARITY, "seeds": 1, "ndcg@10": (0.02, 0.0)}
+    assert popularity_row([run("GRU4Rec", 0, 0.1)], ["ndcg@10"]) is None  # runs from before it was kept
+    text = markdown([*rows, floor], ["ndcg@10"], {"users": 3, "items": 9, "split": "loo"}, {})
+    assert f"| {POPULARITY} | 1 | 0.0200 ± 0.0000 |" in text
+    png = bar_chart([*rows, floor], "ndcg@10", tmp_path / "chart.png")
+    assert png.stat().st_size > 0
