@@ -17,6 +17,7 @@ from tests.conftest import copy_home
 from tests.fixtures.tiny_llm import make_tiny_causal_lm
 from training.data import Sequences, Vocab, split
 from training.metrics import evaluate
+from training.models import build_id_encoder
 from training.models.sasrec import SASRec
 from training.trainer import fit
 
@@ -236,7 +237,9 @@ def _scripted_validation(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -
     monkeypatch.setattr(trainer, "validate", lambda *a, **k: {"ndcg@10": next(it), "hr@10": 0.0})
 
 
-def test_patience_waits_while_the_model_sits_at_the_popularity_plateau(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("kind", ["gru4rec", "bert4rec"])
+def test_patience_waits_while_the_model_sits_at_the_popularity_plateau(kind: str, tmp_path: Path,
+                                                                       monkeypatch) -> None:
     # GRU4Rec and BERT4Rec first learn the item unigram and stay at the popularity ranking for
     # epochs; a patience of 3 used to stop them there (their ablation rows = popularity).
     from training.trainer import PLATEAU_MARGIN, popularity_floor
@@ -248,7 +251,8 @@ def test_patience_waits_while_the_model_sits_at_the_popularity_plateau(tmp_path:
     plateau = [floor, 1.1 * floor, 0.9 * floor, floor, 1.05 * floor]  # noise around popularity, 5 epochs
     _scripted_validation(monkeypatch, [*plateau, 3 * floor, 4 * floor, 3.5 * floor, 3.5 * floor])
     torch.manual_seed(0)
-    result = fit(SASRec(n_items=n, max_len=10, hidden=16, inner=32, dropout=0.0), data, tc, tmp_path / "a")
+    model = build_id_encoder(kind, n, 10, {"hidden": 16, "inner": 32, "dropout": 0.0, "layers": 1})
+    result = fit(model, data, tc, tmp_path / "a")
     assert [r["epoch"] for r in result.history] == list(range(1, 10))  # the old rule stopped after epoch 5
     assert result.best_epoch == 7 and not result.stopped_early
     assert PLATEAU_MARGIN > 1.1  # the plateau's noise must not count as having left it
