@@ -51,3 +51,23 @@ def test_the_popularity_row_is_the_level_each_run_recorded_and_the_chart_marks_i
     assert f"| {POPULARITY} | 1 | 0.0200 ± 0.0000 |" in text
     png = bar_chart([*rows, floor], "ndcg@10", tmp_path / "chart.png")
     assert png.stat().st_size > 0
+
+
+def test_standard_table_prints_mean_std_and_the_published_rows_of_its_dataset() -> None:
+    from pathlib import Path
+
+    from training.standard import anchors
+    from training.standard import markdown as standard_markdown
+    from training.standard import summarize as standard_summarize
+
+    results = [{"variant": "sasrec", "seed": s, "epochs": 10, "best_epoch": 10, "wall_s": 60.0 * (s + 1),
+                "test": {m: 0.05 + s / 100 for m in ("hr@5", "hr@10", "ndcg@5", "ndcg@10")},
+                "unmasked": {m: 0.04 for m in ("hr@5", "hr@10", "ndcg@5", "ndcg@10")}} for s in range(3)]
+    rows = standard_summarize(results, ["sasrec"])
+    published = anchors(Path("data/Beauty.txt"), "full")
+    assert {p["model"] for p in published} >= {"GRU4Rec", "BERT4Rec", "eSASRec (LiGR, sampled softmax)"}
+    assert anchors(Path("Beauty.txt"), "sampled-100") != published and anchors(Path("other.txt"), "full") == []
+    text = standard_markdown(rows, published, {"users": 3, "items": 9}, "full", "10 epochs")
+    assert "| sasrec | 3 | 0.0600 ± 0.0100 | 0.0600 ± 0.0100 |" in text  # over seeds: 0.05, 0.06, 0.07
+    assert "| 0.0400 ± 0.0000 | 0.0400 ± 0.0000 | 10/10/10 (10/10/10) | 2.0 min |" in text
+    assert "Published figures (not run here" in text and "| eSASRec (LiGR, sampled softmax) | — | 0.0928 |" in text
