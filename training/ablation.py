@@ -130,7 +130,9 @@ def markdown(rows: list[dict[str, Any]], metrics: list[str], info: dict[str, Any
              f"({info.get('split')} split, full ranking, history masked); mean ± std over seeds.", "",
              "| model | seeds | " + " | ".join(metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]
-    best = {m: max(r[m][0] for r in rows) for m in metrics}
+    # Bold marks the best model; the popularity row is the floor, never a contender.
+    models = [r for r in rows if r["variant"] != POPULARITY] or rows
+    best = {m: max(r[m][0] for r in models) for m in metrics}
     for r in rows:
         cells = []
         for m in metrics:

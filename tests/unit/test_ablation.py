@@ -49,6 +49,8 @@ def test_the_popularity_row_is_the_level_each_run_recorded_and_the_chart_marks_i
     assert popularity_row([run("GRU4Rec", 0, 0.1)], ["ndcg@10"]) is None  # runs from before it was kept
     text = markdown([*rows, floor], ["ndcg@10"], {"users": 3, "items": 9, "split": "loo"}, {})
     assert f"| {POPULARITY} | 1 | 0.0200 ± 0.0000 |" in text
+    low = markdown([*rows, {**floor, "ndcg@10": (0.9, 0.0)}], ["ndcg@10"], {"users": 3, "items": 9}, {})
+    assert f"| {POPULARITY} | 1 | 0.9000 ± 0.0000 |" in low  # above every model, yet not bolded as the best
     png = bar_chart([*rows, floor], "ndcg@10", tmp_path / "chart.png")
     assert png.stat().st_size > 0
 
