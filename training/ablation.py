@@ -75,6 +75,19 @@ def _key(tc: TrainConfig, data_info: dict[str, Any]) -> str:
                                      default=str).encode()).hexdigest()[:16]
 
 
+def finished_runs(path: Path) -> dict[str, dict[str, Any]]:
+    """The runs a table has finished, by key: one JSON record a line (``record_run``)."""
+    if not path.exists():
+        return {}
+    return {rec["key"]: rec for rec in map(json.loads, path.read_text().splitlines())}
+
+
+def record_run(path: Path, rec: dict[str, Any]) -> None:
+    """Append one finished run; a kill between runs loses nothing already written."""
+    with path.open("a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+
+
 def summarize(results: list[dict[str, Any]], names: list[str], metrics: list[str]) -> list[dict[str, Any]]:
     """Mean and (sample) std over seeds, per variant and metric."""
     rows = []
@@ -188,11 +201,7 @@ def ablation(cfg: EncoreConfig, seeds: list[int], only: list[str] | None = None,
     out_dir = out_dir or ws.outputs / "bench-table"
     out_dir.mkdir(parents=True, exist_ok=True)
     done_file = out_dir / "runs.jsonl"
-    done = {}
-    if done_file.exists():
-        for line in done_file.read_text().splitlines():
-            rec = json.loads(line)
-            done[rec["key"]] = rec
+    done = finished_runs(done_file)
     results = []
     for v in chosen:
         for seed in seeds:
@@ -210,8 +219,7 @@ def ablation(cfg: EncoreConfig, seeds: list[int], only: list[str] | None = None,
                    "samples_per_s": out.fit.samples_per_s if out.fit else None,
                    "popularity": out.baseline,
                    "by_popularity": out.by_popularity.to_dict("records") if out.by_popularity is not None else None}
-            with done_file.open("a") as fh:
-                fh.write(json.dumps(rec) + "\n")
+            record_run(done_file, rec)
             results.append(rec)
     metrics = [f"{m}@{k}" for m in ("hr", "ndcg") for k in (5, 10)] + ["mrr"]
     rows = summarize(results, [v.name for v in chosen], metrics)

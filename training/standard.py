@@ -25,7 +25,7 @@ import numpy as np
 
 from encore.core.config import EncoreConfig, TrainConfig
 from encore.core.workspace import Workspace
-from training.ablation import apply_changes
+from training.ablation import apply_changes, finished_runs, record_run
 from training.data import Dataset, load_standard, standard_attributes
 from training.metrics import evaluate_ranks, metrics_from_ranks
 from training.models.base import ContentTable
@@ -225,11 +225,7 @@ def standard_table(cfg: EncoreConfig, data_file: Path, attributes: Path | None, 
     out_dir = out_dir or Workspace.at(cfg.home).outputs / "bench-standard" / f"{dataset_name(data_file)}-{protocol}"
     out_dir.mkdir(parents=True, exist_ok=True)
     done_file = out_dir / "runs.jsonl"
-    done = {}
-    if done_file.exists():
-        for line in done_file.read_text().splitlines():
-            rec = json.loads(line)
-            done[rec["key"]] = rec
+    done = finished_runs(done_file)
     results = []
     for name in names:
         for seed in seeds:
@@ -248,8 +244,7 @@ def standard_table(cfg: EncoreConfig, data_file: Path, attributes: Path | None, 
                    "samples_per_s": out.fit.samples_per_s if out.fit else None,
                    "popularity": out.baseline,
                    "by_popularity": out.by_popularity.to_dict("records") if out.by_popularity is not None else None}
-            with done_file.open("a") as fh:
-                fh.write(json.dumps(rec) + "\n")
+            record_run(done_file, rec)
             results.append(rec)
     rows = summarize(results, names)
     tc = inputs.cfg.train
