@@ -70,7 +70,8 @@ def variant_config(tc: TrainConfig, v: Variant, seed: int) -> TrainConfig:
     return apply_changes(tc, changes)
 
 
-def _key(tc: TrainConfig, data_info: dict[str, Any]) -> str:
+def run_key(tc: TrainConfig, data_info: dict[str, Any]) -> str:
+    """A finished run's key: its training config and the data it read."""
     return hashlib.sha256(json.dumps([tc.model_dump(mode="json"), data_info], sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
 
@@ -88,6 +89,12 @@ def record_run(path: Path, rec: dict[str, Any]) -> None:
         fh.write(json.dumps(rec) + "\n")
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std over seeds (0 for one value)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
 def summarize(results: list[dict[str, Any]], names: list[str], metrics: list[str]) -> list[dict[str, Any]]:
     """Mean and (sample) std over seeds, per variant and metric."""
     rows = []
@@ -97,8 +104,7 @@ def summarize(results: list[dict[str, Any]], names: list[str], metrics: list[str
             continue
         row: dict[str, Any] = {"variant": name, "seeds": len(runs)}
         for m in metrics:
-            vals = np.array([r["test"][m] for r in runs], dtype=float)
-            row[m] = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+            row[m] = mean_std([r["test"][m] for r in runs])
         rows.append(row)
     return rows
 
@@ -206,7 +212,7 @@ def ablation(cfg: EncoreConfig, seeds: list[int], only: list[str] | None = None,
     for v in chosen:
         for seed in seeds:
             tc = variant_config(cfg.train, v, seed)
-            key = _key(tc, data.info)
+            key = run_key(tc, data.info)
             if key in done:
                 results.append(done[key])
                 continue

@@ -13,19 +13,15 @@ killed table resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from encore.core.config import EncoreConfig, TrainConfig
 from encore.core.workspace import Workspace
-from training.ablation import apply_changes, finished_runs, record_run
+from training.ablation import apply_changes, finished_runs, mean_std, record_run, run_key
 from training.data import Dataset, load_standard, standard_attributes
 from training.metrics import evaluate_ranks, metrics_from_ranks
 from training.models.base import ContentTable
@@ -155,17 +151,6 @@ def bench_standard(cfg: EncoreConfig, data_file: Path, attributes: Path | None =
     return out, anchors(data_file, protocol)
 
 
-def _key(tc: TrainConfig, info: dict[str, Any], protocol: str) -> str:
-    return hashlib.sha256(json.dumps([tc.model_dump(mode="json"), info, protocol], sort_keys=True,
-                                     default=str).encode()).hexdigest()[:16]
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (0 for one value)."""
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
-
-
 def summarize(results: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
     """One row per variant: mean ± std of each metric (masked and unmasked), epochs and wall time."""
     rows = []
@@ -230,7 +215,7 @@ def standard_table(cfg: EncoreConfig, data_file: Path, attributes: Path | None, 
     for name in names:
         for seed in seeds:
             tc = apply_changes(inputs.cfg.train, {**VARIANTS[name], "seed": seed})
-            key = _key(tc, {**inputs.data.info, "attributes": str(attributes)}, protocol)
+            key = run_key(tc, {**inputs.data.info, "attributes": str(attributes), "protocol": protocol})
             if key in done:
                 log.info("standard: %s seed %d already done (run %s)", name, seed, done[key]["run_id"])
                 results.append(done[key])
