@@ -502,6 +502,8 @@ def _train_options(f: Any) -> Any:
                      help="Sampled softmax: how negatives are drawn (default mixed)."),
         click.option("--windows-per-epoch", type=click.IntRange(min=1),
                      help="Train on this many random windows per epoch (default: all), for budgets on big lakes."),
+        click.option("--group-by-length", is_flag=True, default=None,
+                     help="E4SRec: batch windows of similar length, so short histories run short forwards."),
     ]):
         f = opt(f)
     return f
@@ -512,8 +514,8 @@ def _train_changes(model: str | None, modalities: str | None, fusion: str | None
                    max_len: int | None, batch_size: int | None, lr: float | None, seed: int | None,
                    split: str | None, min_item_plays: int | None, loss: str | None = None, head: str | None = None,
                    negatives: int | None = None, sampler: str | None = None,
-                   windows_per_epoch: int | None = None) -> dict[str, Any]:
-    return {"windows_per_epoch": windows_per_epoch,
+                   windows_per_epoch: int | None = None, group_by_length: bool | None = None) -> dict[str, Any]:
+    return {"windows_per_epoch": windows_per_epoch, "e4srec.group_by_length": group_by_length,
             "id.loss": loss, "e4srec.head": head, "id.sampled.negatives": negatives,
             "e4srec.sampled.negatives": negatives, "id.sampled.sampler": sampler,
             "e4srec.sampled.sampler": sampler,

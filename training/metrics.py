@@ -28,7 +28,7 @@ import torch
 from scipy import sparse
 
 from encore.core.config import EvalSettings
-from training.models.base import SequenceModel
+from training.models.base import SequenceModel, trim_padding
 
 __all__ = [
     "evaluate",
@@ -224,22 +224,36 @@ def evaluate_ranks(
     if n_items is not None:
         # Peak memory per batch: [rows, n+1] scores plus masks, bounded whatever the catalogue.
         batch_size = rows_per_forward(int(n_items), cap=batch_size)
+    # Full ranking scores histories shortest first, so that each batch is trimmed to its longest
+    # history (``trim_padding``; exact, as every model ignores left padding), and puts the ranks back
+    # in input order. The sampled protocol keeps the input order: its draws follow the batches.
+    order = _by_length(items) if generator is None else torch.arange(N)
     was_training = model.training
     model.eval()
     ranks: list[torch.Tensor] = []
     try:
         with torch.no_grad():
             for start in range(0, N, batch_size):
-                stop = min(start + batch_size, N)
-                scores = model.score(items[start:stop].to(device), completion[start:stop].to(device))  # [B, n+1]
-                rows = exclude[start:stop] if exclude is not None else None
+                idx = order[start:start + batch_size]
+                x, c = trim_padding(items[idx], completion[idx])
+                scores = model.score(x.to(device), c.to(device))  # [B, n+1]
+                rows = exclude[idx.numpy()] if exclude is not None else None
                 if generator is None:
-                    ranks.append(full_ranking_ranks(scores, targets[start:stop], rows))
+                    ranks.append(full_ranking_ranks(scores, targets[idx], rows))
                 else:
-                    ranks.append(sampled_ranks(scores, targets[start:stop], rows, settings.num_candidates, generator))
+                    ranks.append(sampled_ranks(scores, targets[idx], rows, settings.num_candidates, generator))
     finally:
         model.train(was_training)
-    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+    if not ranks:
+        return torch.zeros(0, dtype=torch.long)
+    out = torch.empty(N, dtype=torch.long)
+    out[order] = torch.cat(ranks)
+    return out
+
+
+def _by_length(items: torch.Tensor) -> torch.Tensor:
+    """Row order by the number of real items, shortest first (stable: ties keep input order): [N]."""
+    return torch.argsort((items != 0).sum(dim=1), stable=True)
 
 
 def evaluate(

@@ -35,7 +35,7 @@ from encore.core.config import EvalSettings, TrainConfig
 from encore.core.progress import Progress
 from training.data import Dataset, EvalSet, prefix_samples, seq2seq_windows, training_plays
 from training.metrics import evaluate, metrics_from_ranks, popularity_ranks
-from training.models.base import SequenceModel
+from training.models.base import SequenceModel, trim_padding
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,32 @@ def rng_preserved() -> Iterator[None]:
         yield
     random.setstate(py)
     np.random.set_state(nps)
+
+
+# Grouped batches: a pool of this many batches is sorted by length before it is cut, so batches
+# hold alike lengths and the order of the data still changes from pool to pool and epoch to epoch.
+GROUP_POOL_BATCHES = 50
+
+
+def epoch_batches(order: torch.Tensor, items: torch.Tensor, batch_size: int, grouped: bool,
+                  seed: int) -> list[torch.Tensor]:
+    """One epoch's batches of window indices, each index of ``order`` exactly once.
+
+    Plain: ``order`` cut into consecutive batches. Grouped (as Hugging Face's ``group_by_length``):
+    ``order`` (already shuffled) is cut into pools of ``GROUP_POOL_BATCHES`` batches, each pool is
+    sorted by the windows' real lengths (``items`` [N, L+1], 0 = pad) and cut, and the batches are
+    shuffled with ``seed`` so that short and long batches alternate.
+    """
+    if not grouped:
+        return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    lengths = (items[order] != 0).sum(dim=1)  # [len(order)]
+    pool = batch_size * GROUP_POOL_BATCHES
+    batches: list[torch.Tensor] = []
+    for s in range(0, len(order), pool):
+        chunk = order[s:s + pool][torch.argsort(lengths[s:s + pool], stable=True)]
+        batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+    shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed))
+    return [batches[i] for i in shuffle.tolist()]
 
 
 def _free_port() -> int:
@@ -259,14 +285,16 @@ def fit(model: SequenceModel, data: Dataset, tc: TrainConfig, run_dir: Path,
             order = order[:tc.windows_per_epoch]  # the permutation is fresh each epoch: a new subset
         log.info("epoch %d: %d of %d training windows", epoch, len(order), len(items))
         order = order[rank::world]  # each rank its share (launcher runs)
+        grouped = model.kind == "e4srec" and tc.e4srec.group_by_length
+        batches = epoch_batches(order, items, tc.batch_size, grouped, seed=tc.seed * 7919 + epoch)
         engine.train()
         losses = []
         t0 = time.perf_counter()
         # Counted in samples, so the bar's rate is samples/s and its ETA the epoch's remainder.
         with Progress(len(order), f"{model.kind} epoch {epoch}/{last_epoch}", "sample") as bar:
-            for start in range(0, len(order), tc.batch_size):
-                idx = order[start:start + tc.batch_size]
-                batch = {"items": items[idx].to(device), "completion": comp[idx].to(device)}
+            for idx in batches:
+                x, c = trim_padding(items[idx], comp[idx]) if grouped else (items[idx], comp[idx])
+                batch = {"items": x.to(device), "completion": c.to(device)}
                 loss = engine(batch)
                 engine.backward(loss)
                 engine.step()

@@ -15,9 +15,10 @@ import mlflow
 from encore.core.config import EncoreConfig, TrainConfig
 from tests.conftest import copy_home
 from tests.fixtures.tiny_llm import make_tiny_causal_lm
-from training.data import Sequences, Vocab, split
+from training.data import Sequences, Vocab, seq2seq_windows, split
 from training.metrics import evaluate
 from training.models import build_id_encoder
+from training.models.base import ContentTable
 from training.models.sasrec import SASRec
 from training.trainer import fit
 
@@ -123,6 +124,35 @@ def test_e4srec_starts_from_the_same_random_state_whether_its_id_encoder_was_cac
     assert len(list(folder.parent.iterdir())) == 1  # trained once
     assert draws[0][:3] == draws[1][:3]
     assert torch.equal(draws[0][3], draws[1][3])
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_e4srec_grouped_by_length_trains_on_batches_trimmed_to_their_longest_window(
+        grouped: bool, tmp_path: Path, monkeypatch) -> None:
+    from training.models.e4srec import E4SRec, read_prompt
+
+    # Users with 3..39 listens: most windows of 11 are partly padding.
+    rng = np.random.default_rng(0)
+    items = [rng.integers(1, 31, size=int(n)).astype(np.int64) for n in rng.integers(3, 40, size=40)]
+    seqs = Sequences([f"u{i}" for i in range(40)], items, [np.full(len(s), np.nan, np.float32) for s in items],
+                     [np.arange(len(s), dtype=np.int64) for s in items])
+    data = split(seqs, Vocab([str(i) for i in range(1, 31)]), TrainConfig(max_len=10))
+    tc = small_tc(model="e4srec", epochs=1, e4srec={"group_by_length": grouped})
+    llama = make_tiny_causal_lm(tmp_path / "llama", chat_template=None)
+    torch.manual_seed(0)
+    model = E4SRec(30, str(llama), read_prompt(), tc.e4srec.model_dump(mode="json") | {"modalities": ["id"]},
+                   8, {}, max_len=10)
+    model.set_item_tables(torch.randn(31, 8), ContentTable())
+    widths: list[int] = []
+    loss = E4SRec.loss
+    monkeypatch.setattr(E4SRec, "loss", lambda self, batch: widths.append(batch["items"].shape[1]) or loss(self, batch))
+    result = fit(model, data, tc, tmp_path / "run")
+    assert np.isfinite(result.history[0]["train_loss"])
+    assert sum(widths) > 0 and len(widths) == -(-len(seq2seq_windows(data.train, 10)[0]) // 16)
+    if grouped:
+        assert min(widths) < 11 and len(set(widths)) > 1
+    else:
+        assert set(widths) == {11}
 
 
 @pytest.fixture(scope="module")

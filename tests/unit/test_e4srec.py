@@ -445,3 +445,21 @@ def test_default_lora_adapts_every_linear_layer_of_the_backbone(llama_dir: Path)
     model = make_model(llama_dir)  # lora.target_modules defaults to PEFT's "all-linear"
     adapted = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if "lora_" in name}
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.mark.parametrize("readout", ["every", "last"])
+def test_trimming_all_padding_columns_keeps_the_loss_and_the_scores(llama_dir: Path, readout: str) -> None:
+    # Grouped batches (e4srec.group_by_length) drop the columns that are padding in every row.
+    from training.models.base import trim_padding
+
+    model = make_model(llama_dir, readout=readout).eval()
+    batch = make_batch()
+    # Rows 0 and 2 (4 and 3 items) behind 4 more columns of padding: [2, 8] trims to [2, 4].
+    wide = {k: torch.cat([torch.full((2, 4), 0 if k == "items" else NAN, dtype=v.dtype), v[[0, 2], 2:]], dim=1)
+            for k, v in batch.items()}
+    items, completion = trim_padding(wide["items"], wide["completion"])
+    assert items.shape == (2, 4) and torch.equal(items, wide["items"][:, 4:])
+    with torch.no_grad():
+        assert torch.allclose(model.loss({"items": items, "completion": completion}), model.loss(wide), atol=1e-5)
+        assert torch.allclose(model.score(items[:, :-1], completion[:, :-1]),
+                              model.score(wide["items"][:, :-1], wide["completion"][:, :-1]), atol=1e-5)

@@ -316,3 +316,25 @@ def test_the_popularity_baseline_ranks_by_plays_with_history_masked_in_chunks(mo
     ranks = m.popularity_ranks(plays, targets, history)
     assert ranks.tolist() == [0, 0, 4, m.MISS]
     assert m.popularity_ranks(plays, targets).tolist() == [0, 2, 4, 1]
+
+
+def test_full_ranking_scores_shortest_histories_first_and_returns_ranks_in_input_order() -> None:
+    # Rows of any length, batched so that each batch trims to its own longest history: the ranks
+    # must be exactly those of scoring each full-width row alone, in the caller's order.
+    from training.models.sasrec import SASRec
+
+    torch.manual_seed(0)
+    model = SASRec(n_items=30, max_len=12, hidden=16, layers=1, heads=2, dropout=0.0).eval()
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(1, 13, (40,), generator=g)
+    items = torch.zeros(40, 12, dtype=torch.long)
+    for r, n in enumerate(lengths.tolist()):
+        items[r, 12 - n:] = torch.randint(1, 31, (n,), generator=g)
+    targets = torch.randint(1, 31, (40,), generator=g)
+    history = history_matrix([row[row != 0].numpy() for row in items], 30)
+    ranks = evaluate_ranks(model, items, torch.full(items.shape, float("nan")), targets, history,
+                           EvalSettings(), batch_size=7)
+    with torch.no_grad():
+        alone = torch.cat([full_ranking_ranks(model.score(items[r:r + 1], items[r:r + 1].float()),
+                                              targets[r:r + 1], history[r]) for r in range(40)])
+    assert torch.equal(ranks, alone)

@@ -139,3 +139,37 @@ def test_popularity_breakdown_buckets_examples_by_training_plays_of_newest_item_
     assert out.loc[("target", "1-5"), "hr@10"] == 1.0 and out.loc[("target", "6-20"), "hr@10"] == 0.0
     assert out.loc[("target", "0"), "mrr"] == pytest.approx((1 / 2 + 1 / 4) / 2)
     assert ("target", ">20") not in out.index  # empty buckets are left out
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_epoch_batches_hold_every_window_once(grouped: bool) -> None:
+    from training.trainer import epoch_batches
+
+    g = torch.Generator().manual_seed(0)
+    items = torch.zeros(1000, 11, dtype=torch.long)
+    for r, n in enumerate(torch.randint(2, 12, (1000,), generator=g).tolist()):
+        items[r, 11 - n:] = 1
+    order = torch.randperm(1000, generator=g)
+    batches = epoch_batches(order, items, 16, grouped, seed=3)
+    assert sorted(torch.cat(batches).tolist()) == list(range(1000))
+    assert all(len(b) <= 16 for b in batches)
+    assert [b.tolist() for b in epoch_batches(order, items, 16, grouped, seed=3)] == [b.tolist() for b in batches]
+
+
+def test_grouped_batches_hold_alike_lengths_in_a_shuffled_order() -> None:
+    from training.trainer import epoch_batches
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(2, 52, (4000,), generator=g)
+    items = torch.zeros(4000, 51, dtype=torch.long)
+    for r, n in enumerate(lengths.tolist()):
+        items[r, 51 - n:] = 1
+    order = torch.randperm(4000, generator=g)
+    plain = epoch_batches(order, items, 32, False, seed=1)
+    grouped = epoch_batches(order, items, 32, True, seed=1)
+    # A padded batch is as wide as its longest window: grouping cuts the padded width to pay for.
+    width = lambda bs: sum(int(lengths[b].max()) * len(b) for b in bs)  # noqa: E731
+    assert width(grouped) < 0.7 * width(plain)
+    # Not sorted over the whole epoch: short and long batches alternate.
+    maxima = [int(lengths[b].max()) for b in grouped]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)

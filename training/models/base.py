@@ -8,6 +8,10 @@ A training batch is a dict of tensors:
     "completion": FloatTensor [B, L+1]  that listen's completion ratio in [0, 1], NaN = unknown
 Models read ``items[:, :-1]`` as input. Sequence-to-sequence models (SASRec, GRU4Rec) predict
 ``items[:, 1:]`` at every position; BERT4Rec masks items itself; E4SRec predicts ``items[:, -1]``.
+
+Every model's output is the same under more or less left padding (each model's tests check it), so
+a batch may drop the columns that are padding in every row (``trim_padding``): short histories
+(Beauty's median is 6 items against a window of 51) then cost what they hold, not the window.
 """
 
 from __future__ import annotations
@@ -156,6 +160,13 @@ class NextItemEncoder(IdEncoder):
         # ID encoders ignore completion; the argument is part of the SequenceModel contract.
         h = self.encode(items)[:, -1]  # [B, H], state after the newest item
         return pad_logits(h @ self.item_emb.weight.T)  # type: ignore[attr-defined]  # [B, n_items + 1]
+
+
+def trim_padding(items: torch.Tensor, completion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the leading columns that are padding in every row: [B, L] -> [B, L'] with L' >= 1."""
+    real = (items != 0).any(dim=0).nonzero()  # columns holding at least one item
+    start = int(real[0]) if len(real) else items.shape[1] - 1
+    return items[:, start:], completion[:, start:]
 
 
 def pad_logits(logits: torch.Tensor) -> torch.Tensor:
