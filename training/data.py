@@ -1,6 +1,6 @@
 """Training data: item sequences, vocabulary, splits, training windows and item-side tables.
 
-Where each part comes from (see README "Training data at LastFM-1K scale"):
+Where each part comes from (see docs/models.md, "Training data at LastFM-1K scale"):
 - **Sequences** are read straight from the Spark-built ``listens`` table (one row per listen, with
   its session position and completion ratio), grouped into one time-ordered array per user by
   DuckDB. A point-in-time join of one entity row per training target would ask the offline store

@@ -216,7 +216,7 @@ def _activity_breakdown(cfg: EncoreConfig, data: Dataset, ranks: torch.Tensor, k
 
 
 # Training plays of a track: 0 (cold: its ID row never trained), 1-5 (the tail, where content should
-# help), 6-20, over 20. The edges are the README's "listens on tracks with <= 5 plays".
+# help), 6-20, over 20. The edges are docs/models.md's "listens on tracks with ≤ 5 plays".
 POPULARITY_BUCKETS = ((0, 0, "0"), (1, 5, "1-5"), (6, 20, "6-20"), (21, np.inf, ">20"))
 
 

@@ -211,7 +211,7 @@ class LoraSettings(_Section):
     # all-linear (PEFT's keyword): every linear layer of the backbone: attention and MLP. On the
     # MiniLM default it let E4SRec (ID only) pass SASRec's validation NDCG, where PEFT's
     # per-architecture default (query/value for BERT, q_proj/v_proj for Llama, Qwen2, Mistral; None
-    # here) stayed at a third of it after the same epochs (README, "E4SRec on two cores: what was tried").
+    # here) stayed at a third of it after the same epochs (docs/models.md, "E4SRec on two cores: what was tried").
     target_modules: list[str] | Literal["all-linear"] | None = Field(
         "all-linear", description="module names to adapt; all-linear; None = PEFT's architecture default")
 
@@ -283,7 +283,7 @@ class E4SRecSettings(_Section):
     # free: the paper's Linear(hidden, items), one learned row per item. tied: each item's row is a
     # projection of its own fused ID + content vector (plus a bias): rare and new tracks score by
     # what they are. Both score every item in one matrix product. With content, tied rows of
-    # same-style tracks come out alike and training stalled (README, "E4SRec on two cores: what
+    # same-style tracks come out alike and training stalled (docs/models.md, "E4SRec on two cores: what
     # was tried"): free by default.
     head_weights: Literal["free", "tied", "hybrid"] = Field(
         "free", description="output rows: learned per item, from item vectors, or the sum of both")
@@ -295,7 +295,7 @@ class E4SRecSettings(_Section):
     # are switched to it) and the state at each history item is a readout of the items so far, so
     # one forward trains all L next items of a window, as SASRec does; no response tokens follow
     # and inference reads the newest item's position (the last one). On CPU budgets, "last" sees
-    # 50x fewer targets per forward and trails the ID models (README, "E4SRec on two cores: what was tried").
+    # 50x fewer targets per forward and trails the ID models (docs/models.md, "E4SRec on two cores: what was tried").
     readout: Literal["every", "last"] = Field("every", description="train on every position, or the last only")
     # readout "last": an LLM forward per example is costly, so each epoch samples prefixes.
     examples_per_user: int = Field(16, ge=1, description="readout last: prefixes sampled per user and epoch")

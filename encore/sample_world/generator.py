@@ -1,6 +1,6 @@
 """A deterministic, realistic music world in the exact LastFM-1K formats.
 
-Planted structure (what a recommender should be able to find; README documents it):
+Planted structure (what a recommender should be able to find; docs/pipeline.md documents it):
 
 * Styles (``styles.STYLES``) drive everything. Artists have a style; 85% of their tracks share it.
 * Popularity is long-tailed: artist popularity is Pareto, track popularity lognormal around it.

@@ -18,7 +18,7 @@ and no response tokens follow, so the state at each item position predicts the n
 forward trains all L targets) and inference reads the newest item, again the last position.
 
 Departures from the paper:
-    - Readout "every" (above) and LoRA on all linear layers by default (README, "E4SRec on two
+    - Readout "every" (above) and LoRA on all linear layers by default (docs/models.md, "E4SRec on two
       cores: what was tried").
     - ``head_weights: tied`` (option): item rows computed from the fused item vectors;
       ``hybrid``: free rows plus those.
