@@ -463,3 +463,31 @@ def test_trimming_all_padding_columns_keeps_the_loss_and_the_scores(llama_dir: P
         assert torch.allclose(model.loss({"items": items, "completion": completion}), model.loss(wide), atol=1e-5)
         assert torch.allclose(model.score(items[:, :-1], completion[:, :-1]),
                               model.score(wide["items"][:, :-1], wide["completion"][:, :-1]), atol=1e-5)
+
+
+@pytest.mark.parametrize(("backbone", "readout"), [("llama", "every"), ("llama", "last"), ("bert", "every")])
+def test_the_shared_prompt_prefix_gives_the_states_and_gradients_of_one_whole_forward(
+        backbone: str, readout: str, llama_dir: Path, bert_dir: Path) -> None:
+    # A causal backbone runs the instruction once per batch and the history against its cached keys
+    # and values: the same hidden states and LoRA gradients as one forward over the whole sequence.
+    model = make_model(llama_dir if backbone == "llama" else bert_dir, readout=readout)
+    assert model.shares_prefix
+    batch = make_batch()
+    results = []
+    for shared in (False, True):
+        model.shares_prefix = shared
+        model.zero_grad()
+        hidden = model._hidden(batch["items"], batch["completion"])
+        model.loss(batch).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if "lora" in n and p.grad is not None}
+        results.append((hidden.detach(), grads))
+    (h0, g0), (h1, g1) = results
+    assert h0.shape == h1.shape
+    assert torch.allclose(h0, h1, atol=1e-5)
+    assert g0.keys() == g1.keys() and g0
+    assert all(torch.allclose(g0[n], g1[n], atol=1e-5, rtol=1e-4) for n in g0)
+
+
+def test_a_bidirectional_encoder_reading_the_last_position_runs_the_whole_sequence(bert_dir: Path) -> None:
+    # Without causal attention the instruction attends to the history: it cannot be shared.
+    assert not make_model(bert_dir, readout="last").shares_prefix
