@@ -1,11 +1,14 @@
-"""What padding costs E4SRec on short histories: plain vs length-grouped training batches, and
-evaluation in input order vs shortest-first with trimmed batches. Both pairs measured in one run.
+"""What padding and the prompt cost E4SRec on short histories, each change against the earlier code
+in the same run: training batches plain vs length-grouped vs grouped with the shared prompt prefix,
+and evaluation in input order vs shortest first, trimmed, with the shared prefix.
 
 A window is left-padded to ``max_len + 1`` items. On Amazon Beauty the median user has 6 items, so
-a random batch pays for a window of ~45 (its longest) while holding ~7 items a row. Training:
-``e4srec.group_by_length`` (``training.trainer.epoch_batches`` + ``trim_padding``). Evaluation:
-``training.metrics.evaluate_ranks`` always scores shortest first and trims each batch; the
-baseline here is the earlier loop (input order, full width), written out below.
+a random batch pays for a window of ~45 (its longest) while holding ~7 items a row, plus the
+prompt's 24 instruction tokens. Training: ``e4srec.group_by_length``
+(``training.trainer.epoch_batches`` + ``trim_padding``); the shared prefix
+(``E4SRec.shares_prefix``, on for causal backbones) runs the instruction once per batch.
+Evaluation: ``training.metrics.evaluate_ranks`` scores shortest first and trims each batch; its
+baseline is the earlier loop (input order, full width, no shared prefix), written out below.
 
     python bench/padding.py                         # Beauty from shared/, MiniLM, 20 batches each
     python bench/padding.py --data my.txt --batches 40 --eval-users 4096
@@ -60,7 +63,8 @@ def main() -> None:
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(0))
 
     rows = []
-    for grouped in (False, True):
+    for grouped, shared in ((False, False), (True, False), (True, True)):
+        model.shares_prefix = shared
         batches = epoch_batches(order, items, tc.batch_size, grouped, seed=1)[: args.batches]
         model.train()
         width, seen = 0, 0
@@ -75,29 +79,31 @@ def main() -> None:
                 seen += len(idx)
                 bar.update(1)
         seconds = time.perf_counter() - t0
-        rows.append(("train", "length-grouped, trimmed" if grouped else "random batches, full width",
-                     seen / seconds, width / seen))
+        how = "+ shared prefix" if shared else "length-grouped, trimmed" if grouped else "random batches, full width"
+        rows.append(("train", how, seen / seconds, width / seen))
 
     ev = data.valid
     users = torch.arange(min(args.eval_users, len(ev)))
     x_all, c_all, t_all = ev.items[users], ev.completion[users], ev.targets[users]
     hist = ev.history[users.numpy()]
     model.eval()
+    model.shares_prefix = False
     t0 = time.perf_counter()
     with torch.no_grad():
         before = torch.cat([full_ranking_ranks(model.score(x_all[s:s + 256], c_all[s:s + 256]), t_all[s:s + 256],
                                                hist[s:s + 256]) for s in range(0, len(users), 256)])
     rows.append(("evaluate", "input order, full width", len(users) / (time.perf_counter() - t0), x_all.shape[1]))
+    model.shares_prefix = True
     t0 = time.perf_counter()
     after = evaluate_ranks(model, x_all, c_all, t_all, hist, EvalSettings(), batch_size=256)
-    rows.append(("evaluate", "shortest first, trimmed", len(users) / (time.perf_counter() - t0),
+    rows.append(("evaluate", "shortest first, trimmed, prefix", len(users) / (time.perf_counter() - t0),
                  float((x_all != 0).sum(dim=1).float().mean())))
     same = float((before == after).float().mean())
 
-    print(f"\n{'step':<9} {'batches':<28} {'rows/s':>8} {'width':>6} {'vs baseline':>12}")
-    for i, (step, how, rate, w) in enumerate(rows):
-        base = rows[i - i % 2][2]
-        print(f"{step:<9} {how:<28} {rate:>8.1f} {w:>6.1f} {rate / base:>11.2f}x")
+    print(f"\n{'step':<9} {'batches':<32} {'rows/s':>8} {'width':>6} {'vs baseline':>12}")
+    for step, how, rate, w in rows:
+        base = next(r[2] for r in rows if r[0] == step)  # the step's first row: the earlier code
+        print(f"{step:<9} {how:<32} {rate:>8.1f} {w:>6.1f} {rate / base:>11.2f}x")
     print(f"\nevaluation ranks equal to the baseline's for {same:.1%} of users "
           "(float sums differ by batch; a tie at the target's score can move its rank)")
     print(f"torch threads: {torch.get_num_threads()}; train width = padded columns per window, "
