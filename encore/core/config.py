@@ -301,8 +301,9 @@ class E4SRecSettings(_Section):
     examples_per_user: int = Field(16, ge=1, description="readout last: prefixes sampled per user and epoch")
     # An LLM forward costs per token, and a left-padded window pays for all max_len positions. On
     # short histories (Beauty: median 6 items, window 51) batching windows of similar length and
-    # dropping each batch's all-padding columns trained 3.3x more windows/s (docs/models.md). Off by
-    # default: batches of alike lengths are a different sample of the data than random ones.
+    # dropping each batch's all-padding columns trained 3.1x more windows/s, 12x with the shared
+    # prompt prefix (docs/benchmarks.md, "Padding on short histories"). Off by default: batches of
+    # alike lengths are a different sample of the data than random ones.
     group_by_length: bool = Field(False, description="batch windows of similar length (shorter LLM forwards)")
 
 
