@@ -56,8 +56,8 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
             ax.bar(x + i * width, part[name], width, label=name)
         ax.set_xticks(x + width * (len(names) - 1) / 2,
                       [f"{b}\n({n} ex.)" for b, n in zip(part.index, part["examples"], strict=True)])
-        ax.set_xlabel(f"training plays of the {facet}")
-        ax.set_title(f"by the {facet}'s popularity")
+        ax.set_xlabel("items in the test history" if facet == "history" else f"training plays of the {facet}")
+        ax.set_title("by history length" if facet == "history" else f"by the {facet}'s popularity")
     axes[0][0].set_ylabel("test NDCG@10")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
@@ -94,7 +94,7 @@ def main() -> None:
         tc = variant_config(base, rows[name], args.seed)
         out = train(cfg.model_copy(update={"train": tc}), data=data, content=content, register=False,
                     log_model=False, run_name=f"tail: {name} seed {args.seed}", tags={"encore.bench": "tail"})
-        columns[name] = out.by_popularity.set_index(["facet", "plays"])
+        columns[name] = out.by_popularity.set_index(["facet", "bucket"])
         overall[name] = out.test["ndcg@10"]
     first = next(iter(columns.values()))
     table = pd.concat({"examples": first["examples"], **{n: c["ndcg@10"] for n, c in columns.items()}}, axis=1)
@@ -102,7 +102,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "by_popularity.csv")
     plot(table, out_dir / "by_popularity.png")
-    print(f"\nTest NDCG@10 by training plays (seed {args.seed}, {len(data.test)} test examples)")
+    print(f"\nTest NDCG@10 by training plays and history length (seed {args.seed}, {len(data.test)} test examples)")
     print(table.to_string(float_format=lambda x: f"{x:.4f}"))
     print("all test examples: " + ", ".join(f"{n} {v:.4f}" for n, v in overall.items()))
 

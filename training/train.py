@@ -218,24 +218,31 @@ def _activity_breakdown(cfg: EncoreConfig, data: Dataset, ranks: torch.Tensor, k
 # Training plays of a track: 0 (cold: its ID row never trained), 1-5 (the tail, where content should
 # help), 6-20, over 20. The edges are docs/models.md's "listens on tracks with ≤ 5 plays".
 POPULARITY_BUCKETS = ((0, 0, "0"), (1, 5, "1-5"), (6, 20, "6-20"), (21, np.inf, ">20"))
+# Items in the test history: a cold listener (1-3 items) has little co-listening to go on, which is
+# where content could stand in. Beauty's median user has 6 items in all.
+HISTORY_BUCKETS = ((1, 3, "1-3"), (4, 7, "4-7"), (8, 15, "8-15"), (16, np.inf, ">15"))
 
 
 def popularity_breakdown(data: Dataset, ranks: torch.Tensor, ks: list[int]) -> pd.DataFrame:
-    """Test metrics by the training plays of the newest history item, and of the target.
+    """Test metrics by the training plays of the newest history item and of the target, and by
+    the number of items in the history (cold listeners).
 
-    Where content adds to co-listening is the tail: a rare track's ID vector has seen few updates.
-    Rows: facet ("newest item" | "target"), plays bucket, examples, hr@10, ndcg@10, mrr.
+    Where content adds to co-listening is the tail: a rare track's ID vector has seen few updates,
+    and a short history says little. Rows: facet ("newest item" | "target" | "history"), bucket
+    (training plays, or history items), examples, hr@10, ndcg@10, mrr.
     """
     plays = training_plays(data)  # [n_items + 1]
-    facets = {"newest item": plays[data.test.items[:, -1].numpy()], "target": plays[data.test.targets.numpy()]}
+    facets = {"newest item": (plays[data.test.items[:, -1].numpy()], POPULARITY_BUCKETS),
+              "target": (plays[data.test.targets.numpy()], POPULARITY_BUCKETS),
+              "history": ((data.test.items > 0).sum(1).numpy(), HISTORY_BUCKETS)}
     rows = []
-    for facet, counts in facets.items():
-        for lo, hi, label in POPULARITY_BUCKETS:
+    for facet, (counts, buckets) in facets.items():
+        for lo, hi, label in buckets:
             sel = (counts >= lo) & (counts <= hi)
             if not sel.any():
                 continue
             m = metrics_from_ranks(ranks[torch.from_numpy(sel)], ks)
-            rows.append({"facet": facet, "plays": label, "examples": int(sel.sum()),
+            rows.append({"facet": facet, "bucket": label, "examples": int(sel.sum()),
                          **{k: m[k] for k in ("hr@10", "ndcg@10", "mrr") if k in m}})
     return pd.DataFrame(rows)
 

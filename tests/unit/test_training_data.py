@@ -121,7 +121,7 @@ def test_standard_format_names_a_bad_line(tmp_path: Path) -> None:
         read_standard(bad)
 
 
-def test_popularity_breakdown_buckets_examples_by_training_plays_of_newest_item_and_target() -> None:
+def test_popularity_breakdown_buckets_examples_by_plays_of_newest_item_and_target_and_by_history_length() -> None:
     from training.train import popularity_breakdown
 
     # Training plays: item 1 x7 (6-20); items 2-7 once (1-5); 8 and 9 never (0).
@@ -132,13 +132,15 @@ def test_popularity_breakdown_buckets_examples_by_training_plays_of_newest_item_
     ds.test.items[0, -1], ds.test.targets[0] = 1, 2  # newest item popular (7 plays), target rare (1)
     ds.test.items[1, -1], ds.test.targets[1] = 3, 1  # newest rare, target popular
     ranks = torch.tensor([0, 20, 1, 3])  # hit@10 for examples 0, 2, 3
-    out = popularity_breakdown(ds, ranks, [10]).set_index(["facet", "plays"])
+    out = popularity_breakdown(ds, ranks, [10]).set_index(["facet", "bucket"])
     assert out.loc[("newest item", "6-20"), "examples"] == 1 and out.loc[("newest item", "6-20"), "hr@10"] == 1.0
     assert out.loc[("newest item", "1-5"), "hr@10"] == 0.0
     assert out.loc[("newest item", "0"), "examples"] == 2
     assert out.loc[("target", "1-5"), "hr@10"] == 1.0 and out.loc[("target", "6-20"), "hr@10"] == 0.0
     assert out.loc[("target", "0"), "mrr"] == pytest.approx((1 / 2 + 1 / 4) / 2)
     assert ("target", ">20") not in out.index  # empty buckets are left out
+    # max_len 3: every test history holds 3 items (its last 3), so all four are in the 1-3 bucket.
+    assert out.loc[("history", "1-3"), "examples"] == 4 and ("history", "4-7") not in out.index
 
 
 @pytest.mark.parametrize("grouped", [False, True])
