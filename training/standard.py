@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from encore.core.config import EncoreConfig, TrainConfig
 from encore.core.workspace import Workspace
@@ -169,6 +172,51 @@ def summarize(results: list[dict[str, Any]], names: list[str]) -> list[dict[str,
     return rows
 
 
+def compare(results: list[dict[str, Any]], name: str = "e4srec", metric: str = "ndcg@10") -> dict[str, dict[str, Any]]:
+    """``name``'s ``metric`` against every other variant in ``results``: does it win by more than 2σ?
+
+    Two readings of "2σ of the difference": ``two_std`` treats the two means as independent (the
+    ablation's verdict: 2 · hypot of their stds over seeds); ``paired_two_std`` is 2 · the std of
+    the per-seed differences over the seeds both ran, which is smaller when a seed moves both alike
+    (E4SRec's ID table is the same seed's SASRec). A win needs the gap above both.
+    """
+    by_seed: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in results:
+        by_seed[r["variant"]][r["seed"]] = r["test"][metric]
+    if name not in by_seed:
+        return {}
+    mine = by_seed[name]
+    out = {}
+    for other, theirs in by_seed.items():
+        if other == name:
+            continue
+        a, b = mean_std(list(mine.values())), mean_std(list(theirs.values()))
+        common = sorted(set(mine) & set(theirs))
+        diffs = [mine[s] - theirs[s] for s in common]
+        paired = 2 * mean_std(diffs)[1] if len(diffs) > 1 else float("nan")
+        gap = a[0] - b[0]
+        two_std = 2 * float(np.hypot(a[1], b[1]))
+        out[other] = {"gap": gap, "two_std": two_std, "paired_two_std": paired, "paired_seeds": common,
+                      "beats": bool(gap > two_std and len(diffs) > 1 and gap > paired)}
+    return out
+
+
+def split_table(results: list[dict[str, Any]], names: list[str], metric: str = "ndcg@10") -> list[dict[str, Any]]:
+    """Mean test ``metric`` over seeds per (facet, bucket) of ``TrainOutcome.by_popularity``:
+    training plays of the newest history item and of the target, and history length."""
+    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    examples: dict[tuple[str, str], int] = {}
+    for r in results:
+        if r["variant"] not in names:
+            continue
+        for b in r.get("by_popularity") or []:
+            key = (b["facet"], b.get("bucket", b.get("plays")))  # "plays": runs recorded before the history facet
+            cells[key][r["variant"]].append(b[metric])
+            examples[key] = b["examples"]
+    return [{"facet": f, "bucket": k, "examples": examples[(f, k)],
+             **{n: float(np.mean(v[n])) if v.get(n) else None for n in names}} for (f, k), v in cells.items()]
+
+
 def _cell(v: tuple[float, float] | None, seeds: int) -> str:
     if v is None:
         return "—"
@@ -176,8 +224,10 @@ def _cell(v: tuple[float, float] | None, seeds: int) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], published: list[dict[str, Any]], info: dict[str, Any],
-             protocol: str, budget: str) -> str:
-    """Encore's rows (mean ± std over seeds) and, below them, the published figures, marked as such."""
+             protocol: str, budget: str, versus: dict[str, dict[str, Any]] | None = None,
+             splits: list[dict[str, Any]] | None = None) -> str:
+    """Encore's rows (mean ± std over seeds) and, below them, the published figures, marked as such;
+    then E4SRec + attributes against the other rows (``compare``) and the splits (``split_table``)."""
     unmasked = [f"unmasked {m}" for m in ("hr@10", "ndcg@10")]
     lines = [f"{info.get('users')} users × {info.get('items')} items, protocol {protocol}; {budget}.", "",
              "| Encore model | seeds | " + " | ".join(METRICS + unmasked) + " | epochs (best) | wall per run |",
@@ -197,6 +247,20 @@ def markdown(rows: list[dict[str, Any]], published: list[dict[str, Any]], info: 
             lines.append(f"| {p['model']} | " + " | ".join(cells) + f" | {p['source']} |")
     else:
         lines += ["", "No published figures are on record for this dataset and protocol."]
+    if versus:
+        lines += ["", "e4srec (ID + the attribute file), test ndcg@10 against each model (gap; 2σ of "
+                      "independent means; 2σ of the per-seed differences):", ""]
+        for other, m in versus.items():
+            lines.append(f"- {other}: {m['gap']:+.4f} (2σ {m['two_std']:.4f}; paired 2σ {m['paired_two_std']:.4f} "
+                         f"over seeds {m['paired_seeds']}) → {'beats' if m['beats'] else 'does NOT beat'} it")
+    if splits:
+        names = [k for k in splits[0] if k not in ("facet", "bucket", "examples")]
+        lines += ["", "Test ndcg@10 by training plays of the newest history item and of the target, and by "
+                      "history length (mean over seeds):", "",
+                  "| facet | bucket | examples | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+        for b in splits:
+            cells = [f"{b[n]:.4f}" if b[n] is not None else "—" for n in names]
+            lines.append(f"| {b['facet']} | {b['bucket']} | {b['examples']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -236,5 +300,6 @@ def standard_table(cfg: EncoreConfig, data_file: Path, attributes: Path | None, 
     budget = (f"at most {tc.epochs} epochs (patience {tc.patience}), batch {tc.batch_size}, lr {tc.lr}, "
               f"loss {tc.id.loss}, max length {tc.max_len}")
     md = out_dir / "table.md"
-    md.write_text(markdown(rows, anchors(data_file, protocol), inputs.data.info, protocol, budget))
+    md.write_text(markdown(rows, anchors(data_file, protocol), inputs.data.info, protocol, budget,
+                           versus=compare(results), splits=split_table(results, names)))
     return {"rows": rows, "results": results, "markdown": md, "info": inputs.data.info}

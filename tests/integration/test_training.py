@@ -245,6 +245,7 @@ def test_bench_standard_runs_models_over_seeds_prints_mean_std_and_resumes(tmp_p
     assert {"sasrec", "gru4rec"} <= set(rows)
     assert " ± " in rows["sasrec"] and "| 2 |" in rows["sasrec"]  # two seeds: mean ± std
     assert "No published figures are on record" in result.output  # toy.txt is not a known dataset
+    assert "| history | 8-15 |" in result.output  # the split by history length (every toy window holds 8 items)
     runs = mlflow.search_runs(experiment_names=["encore"], filter_string="tags.`encore.bench` = 'standard'")
     assert len(runs) == 4
     recs = [json.loads(x) for x in (tmp_path / "home" / "outputs" / "bench-standard" / "toy-full" / "runs.jsonl")
@@ -255,7 +256,7 @@ def test_bench_standard_runs_models_over_seeds_prints_mean_std_and_resumes(tmp_p
     # a target: the same model's unmasked figures are at most the masked ones.
     assert all(r["unmasked"]["ndcg@10"] <= r["test"]["ndcg@10"] and r["wall_s"] > 0 for r in recs)
     again = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert again.exit_code == 0 and again.output.count("| sasrec |") == 1
+    assert again.exit_code == 0 and again.output.count("| sasrec | 2 |") == 1
     runs = mlflow.search_runs(experiment_names=["encore"], filter_string="tags.`encore.bench` = 'standard'")
     assert len(runs) == 4  # every (model, seed) was done: the rerun trained nothing
 
