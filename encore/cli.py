@@ -835,7 +835,8 @@ def bench_standard_cmd(ctx: click.Context, data_file: Path, attributes: Path | N
     Each model runs once per seed; the table gives mean ± std over seeds, test metrics with the
     history masked (Encore's protocol) and unmasked (most papers'), epochs and wall time per run.
     Finished runs are remembered: a rerun after a kill resumes. Table and runs go to
-    <home>/outputs/bench-standard/<dataset>-<protocol>/.
+    <home>/outputs/bench-standard/<dataset>-<protocol>/. With --id-epochs, the ID models train
+    that many epochs, like the encoder E4SRec reads, and E4SRec trains --epochs on top of it.
 
     \b
     Example (Amazon Beauty, leave-one-out, full ranking, 3 seeds):

@@ -27,6 +27,7 @@ from encore.core.workspace import Workspace
 from training.ablation import apply_changes, finished_runs, mean_std, record_run, run_key
 from training.data import Dataset, load_standard, standard_attributes
 from training.metrics import evaluate_ranks, metrics_from_ranks
+from training.models import ID_ENCODERS
 from training.models.base import ContentTable
 from training.train import TrainOutcome, train
 
@@ -95,6 +96,19 @@ class StandardInputs:
     data: Dataset
     content: ContentTable
     has_attributes: bool
+
+
+def variant_config(tc: TrainConfig, name: str, seed: int) -> TrainConfig:
+    """``tc`` with ``--models`` entry ``name`` and ``seed`` applied.
+
+    An ID model trains for ``train.id.epochs`` where set, exactly like the encoder E4SRec takes its
+    table from (as ``training.ablation`` does): at the same seed the SASRec row *is* E4SRec's ID
+    table, so E4SRec's gain over it is measured per seed (``compare``'s paired reading).
+    """
+    changes = {**VARIANTS[name], "seed": seed}
+    if changes["model"] in ID_ENCODERS:
+        changes["epochs"] = tc.id.epochs or tc.epochs
+    return apply_changes(tc, changes)
 
 
 def _protocol_config(cfg: EncoreConfig, protocol: str) -> EncoreConfig:
@@ -278,7 +292,7 @@ def standard_table(cfg: EncoreConfig, data_file: Path, attributes: Path | None, 
     results = []
     for name in names:
         for seed in seeds:
-            tc = apply_changes(inputs.cfg.train, {**VARIANTS[name], "seed": seed})
+            tc = variant_config(inputs.cfg.train, name, seed)
             key = run_key(tc, {**inputs.data.info, "attributes": str(attributes), "protocol": protocol})
             if key in done:
                 log.info("standard: %s seed %d already done (run %s)", name, seed, done[key]["run_id"])
@@ -297,8 +311,12 @@ def standard_table(cfg: EncoreConfig, data_file: Path, attributes: Path | None, 
             results.append(rec)
     rows = summarize(results, names)
     tc = inputs.cfg.train
-    budget = (f"at most {tc.epochs} epochs (patience {tc.patience}), batch {tc.batch_size}, lr {tc.lr}, "
-              f"loss {tc.id.loss}, max length {tc.max_len}")
+    id_epochs = tc.id.epochs or tc.epochs
+    epochs = (f"{tc.epochs}" if id_epochs == tc.epochs
+              else f"{id_epochs} (ID models and E4SRec's encoder), {tc.epochs} (E4SRec)")
+    budget = (f"at most {epochs} epochs (patience {tc.patience}), batch {tc.batch_size}, lr {tc.lr}, "
+              f"loss {tc.id.loss}, max length {tc.max_len}"
+              + (", E4SRec batches grouped by length" if tc.e4srec.group_by_length else ""))
     md = out_dir / "table.md"
     md.write_text(markdown(rows, anchors(data_file, protocol), inputs.data.info, protocol, budget,
                            versus=compare(results), splits=split_table(results, names)))

@@ -44,3 +44,15 @@ def test_split_table_averages_each_bucket_over_seeds_and_reads_old_records() -> 
     assert table[("target", "0")]["sasrec"] is None and table[("target", "0")]["examples"] == 4
     md = markdown([], [], {}, "full", "budget", versus=compare(results), splits=list(table.values()))
     assert "| history | 1-3 | 10 | 0.1000 | 0.2000 |" in md and "| target | 0 | 4 | — | 0.0000 |" in md
+
+
+def test_id_models_train_the_id_epochs_like_e4srecs_encoder_and_e4srec_trains_epochs() -> None:
+    from encore.core.config import TrainConfig
+    from training.standard import variant_config
+
+    tc = TrainConfig.model_validate({"epochs": 3, "id": {"epochs": 10}})
+    assert variant_config(tc, "sasrec", 1).epochs == 10
+    assert variant_config(tc, "sasrec-ligr", 1).id.block == "ligr"
+    e4 = variant_config(tc, "e4srec", 2)
+    assert (e4.epochs, e4.seed, e4.e4srec.modalities) == (3, 2, ["id", "meta"])
+    assert variant_config(TrainConfig(), "gru4rec", 0).epochs == TrainConfig().epochs  # no id.epochs: --epochs
