@@ -312,9 +312,9 @@ def standard_table(cfg: EncoreConfig, data_file: Path, attributes: Path | None, 
     rows = summarize(results, names)
     tc = inputs.cfg.train
     id_epochs = tc.id.epochs or tc.epochs
-    epochs = (f"{tc.epochs}" if id_epochs == tc.epochs
-              else f"{id_epochs} (ID models and E4SRec's encoder), {tc.epochs} (E4SRec)")
-    budget = (f"at most {epochs} epochs (patience {tc.patience}), batch {tc.batch_size}, lr {tc.lr}, "
+    epochs = (f"{tc.epochs} epochs" if id_epochs == tc.epochs
+              else f"{id_epochs} epochs for the ID models and E4SRec's encoder, {tc.epochs} for E4SRec")
+    budget = (f"at most {epochs} (patience {tc.patience}), batch {tc.batch_size}, lr {tc.lr}, "
               f"loss {tc.id.loss}, max length {tc.max_len}"
               + (", E4SRec batches grouped by length" if tc.e4srec.group_by_length else ""))
     md = out_dir / "table.md"
