@@ -61,13 +61,19 @@ def apply_changes(tc: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
     return TrainConfig.model_validate(data)
 
 
-def variant_config(tc: TrainConfig, v: Variant, seed: int) -> TrainConfig:
-    """``tc`` with one table row's changes and seed."""
-    changes = {**v.changes, "seed": seed}
-    if v.changes["model"] in ID_ENCODERS:
-        # The ID rows train exactly like the encoder E4SRec takes its table from.
+def run_config(tc: TrainConfig, changes: dict[str, Any], seed: int) -> TrainConfig:
+    """``tc`` with one row's ``changes`` and ``seed``. An ID model trains ``train.id.epochs`` where
+    set, exactly like the encoder E4SRec takes its table from, so at one seed the SASRec row is
+    E4SRec's ID table."""
+    changes = {**changes, "seed": seed}
+    if changes["model"] in ID_ENCODERS:
         changes["epochs"] = tc.id.epochs or tc.epochs
     return apply_changes(tc, changes)
+
+
+def variant_config(tc: TrainConfig, v: Variant, seed: int) -> TrainConfig:
+    """``tc`` with one table row's changes and seed."""
+    return run_config(tc, v.changes, seed)
 
 
 def run_key(tc: TrainConfig, data_info: dict[str, Any]) -> str:

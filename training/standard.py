@@ -24,10 +24,9 @@ import numpy as np
 
 from encore.core.config import EncoreConfig, TrainConfig
 from encore.core.workspace import Workspace
-from training.ablation import apply_changes, finished_runs, mean_std, record_run, run_key
+from training.ablation import finished_runs, mean_std, record_run, run_config, run_key
 from training.data import Dataset, load_standard, standard_attributes
 from training.metrics import evaluate_ranks, metrics_from_ranks
-from training.models import ID_ENCODERS
 from training.models.base import ContentTable
 from training.train import TrainOutcome, train
 
@@ -99,16 +98,9 @@ class StandardInputs:
 
 
 def variant_config(tc: TrainConfig, name: str, seed: int) -> TrainConfig:
-    """``tc`` with ``--models`` entry ``name`` and ``seed`` applied.
-
-    An ID model trains for ``train.id.epochs`` where set, exactly like the encoder E4SRec takes its
-    table from (as ``training.ablation`` does): at the same seed the SASRec row *is* E4SRec's ID
-    table, so E4SRec's gain over it is measured per seed (``compare``'s paired reading).
-    """
-    changes = {**VARIANTS[name], "seed": seed}
-    if changes["model"] in ID_ENCODERS:
-        changes["epochs"] = tc.id.epochs or tc.epochs
-    return apply_changes(tc, changes)
+    """``tc`` with ``--models`` entry ``name`` and ``seed`` (``training.ablation.run_config``: ID
+    models train ``train.id.epochs``, so ``compare``'s paired reading is E4SRec against its own table)."""
+    return run_config(tc, VARIANTS[name], seed)
 
 
 def _protocol_config(cfg: EncoreConfig, protocol: str) -> EncoreConfig:
