@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,43 @@ def test_bert4rec_loss_covers_exactly_the_masked_positions(monkeypatch: pytest.M
     assert torch.equal(targets != 0, is_mask)
     assert torch.equal(targets[is_mask], batch["items"][is_mask])
     assert torch.equal(inputs[~is_mask], batch["items"][~is_mask])
+
+
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_bert4rec_mask_last_repeats_rows_with_only_the_newest_item_masked(
+        share: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The paper's extra samples: the inference task ([MASK] in the newest place) trains directly.
+    torch.manual_seed(0)
+    model = small(BERT4Rec, mask_last=share)
+    seen: dict[str, torch.Tensor] = {}
+
+    def spy(hidden: torch.Tensor, targets: torch.Tensor, *args: object) -> torch.Tensor:
+        seen["targets"] = targets
+        return sequence_loss(hidden, targets, *args)
+
+    monkeypatch.setattr(bert4rec_module, "sequence_loss", spy)
+    record_encoder_inputs(model, seen, monkeypatch)
+    batch = cycle_batch(32)
+    model.loss(batch)
+    inputs, targets = seen["inputs"], seen["targets"]
+    extra = round(share * 32)
+    assert inputs.shape == (32 + extra, L + 1)
+    rows, row_targets = inputs[32:], targets[32:]
+    assert (rows[:, -1] == model.mask_token).all() and (rows[:, :-1] != model.mask_token).all()
+    assert (row_targets[:, :-1] == 0).all()
+    # Each extra row is one of the batch's own windows (drawn without replacement), its newest item the
+    # only target.
+    originals = Counter(tuple(r.tolist()) for r in batch["items"])
+    restored = Counter(tuple(r.tolist()) for r in torch.cat([rows[:, :-1], row_targets[:, -1:]], dim=1))
+    assert restored <= originals
+
+
+def test_bert4rec_without_mask_last_trains_on_the_cloze_rows_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = small(BERT4Rec, mask_last=0.0)
+    seen: dict[str, torch.Tensor] = {}
+    record_encoder_inputs(model, seen, monkeypatch)
+    model.loss(cycle_batch(32))
+    assert seen["inputs"].shape == (32, L + 1)
 
 
 def test_bert4rec_scores_the_mask_appended_last_over_real_items_only(monkeypatch: pytest.MonkeyPatch) -> None:

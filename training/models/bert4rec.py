@@ -8,9 +8,10 @@ Item index n_items + 1 is [MASK] (the embedding table has n_items + 2 rows); it 
 Departures from the paper:
 - Pre-LN blocks with a final LayerNorm (shared with SASRec); positions count back from the newest item.
 - Masked items are always replaced by [MASK] (the paper's choice too, unlike BERT's 80/10/10).
-- The paper adds extra training samples that mask only the last item. We do not duplicate rows: the
-  newest item is masked at the same rate as any other, and a row whose random draw masked nothing gets
-  its newest item masked, which is both the inference task and keeps every row in the loss.
+- The paper adds extra training samples that mask only the last item (the inference task). Here that
+  is ``mask_last``: the share of a batch's rows repeated, in the same batch, with only their newest
+  item masked (``last_item_rows``). A cloze row whose random draw masked nothing gets its newest
+  item masked, which keeps every row in the loss.
 - The output head is tied to the item table without a per-item bias; loss "ce" by default as in SASRec.
 """
 
@@ -39,6 +40,20 @@ def cloze_mask(items: torch.Tensor, mask_prob: float) -> torch.Tensor:
     return masked  # [B, T]
 
 
+def last_item_rows(items: torch.Tensor, share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Extra rows that hide only the newest item: items [B, T] -> (rows [R, T], masked [R, T]).
+
+    R = round(share * B) rows drawn without replacement (torch.randperm, so torch.manual_seed fixes
+    them); rows with no items are skipped. Left padding puts the newest item in the last column.
+    """
+    n = round(share * items.shape[0])
+    rows = items[torch.randperm(items.shape[0], device=items.device)[:n]]
+    rows = rows[rows[:, -1] != 0]  # [R, T]
+    masked = torch.zeros_like(rows, dtype=torch.bool)
+    masked[:, -1] = True
+    return rows, masked
+
+
 class BERT4Rec(IdEncoder):
     """Bidirectional transformer over item ids, trained by masked-item prediction."""
 
@@ -50,8 +65,9 @@ class BERT4Rec(IdEncoder):
                                                           self.inner, self.dropout_p)
         if not 0 < self.mask_prob < 1:
             raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if not 0 <= self.mask_last <= 1:
+            raise ValueError(f"mask_last must be in [0, 1], got {self.mask_last}")
         self.mask_token = n_items + 1
-
 
         self.item_emb = nn.Embedding(n_items + 2, hidden, padding_idx=0)  # row n_items + 1 = [MASK]
         # Training reads the whole window (L + 1 items), inference L items ending in [MASK].
@@ -83,6 +99,9 @@ class BERT4Rec(IdEncoder):
     def loss(self, batch: Batch) -> torch.Tensor:
         items = batch["items"][:, -(self.max_len + 1) :]  # [B, L + 1]: the whole window, newest last
         masked = cloze_mask(items, self.mask_prob)  # [B, L + 1]
+        if self.mask_last > 0:
+            extra, extra_masked = last_item_rows(items, self.mask_last)  # [R, L + 1]
+            items, masked = torch.cat([items, extra]), torch.cat([masked, extra_masked])  # [B + R, L + 1]
         inputs = items.masked_fill(masked, self.mask_token)
         targets = items.masked_fill(~masked, 0)  # only masked positions enter the loss
         hidden = self.encode(inputs)  # [B, L + 1, H]
