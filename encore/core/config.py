@@ -251,7 +251,8 @@ class IdEncoderSettings(_Section):
     # "samples that only mask the last item"): the share of each batch's rows repeated that way.
     # Off by default: on the table world (3 seeds, 2026-12-06) 0.5 and 1.0 gave test NDCG@10
     # 0.0217 and 0.0220 against 0.0224 without (docs/models.md, "The paper's ablation").
-    mask_last: float = Field(0.0, ge=0, le=1, description="BERT4Rec: share of rows repeated with only the newest item masked")
+    mask_last: float = Field(0.0, ge=0, le=1,
+                             description="BERT4Rec: share of rows repeated with only the newest item masked")
     # pre-ln: nn.TransformerEncoderLayer, pre-norm, GELU (RecBole's defaults). ligr: eSASRec's
     # LiGR-style layer: pre-norm, and each sublayer's output gated by sigmoid(W · its normed input)
     # before the residual add (docs/models.md, Beauty table).
