@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from encore import __version__
-from encore.core.config import ConfigError, EncoreConfig, dump_yaml, load_config
+from encore.core.config import PRESETS, ConfigError, EncoreConfig, dump_yaml, load_config
 from encore.core.quiet import quiet_third_party
 from encore.core.workspace import WorkspaceBusy
 
@@ -490,7 +490,11 @@ def _train_options(f: Any) -> Any:
         click.option("--batch-size", type=click.IntRange(min=1), help="Examples per micro-batch."),
         click.option("--lr", type=float, help="Learning rate."),
         click.option("--seed", type=int, help="Random seed."),
-        click.option("--split", type=click.Choice(["loo", "time"]), help="Leave-one-out, or a global time split."),
+        click.option("--preset", type=click.Choice(sorted(PRESETS)),
+                     help="A whole protocol in one switch; options given beside it win. paper: the paper's "
+                          "filters, sessions, global time split and 200-candidate evaluation (train.paper)."),
+        click.option("--split", type=click.Choice(["loo", "time", "paper"]),
+                     help="Leave-one-out, a global time split, or the paper's protocol."),
         click.option("--min-item-plays", type=click.IntRange(min=1), help="Vocabulary: tracks with this many plays."),
         click.option("--loss", type=click.Choice(["auto", "ce", "sampled", "bce"]),
                      help="ID encoders' loss. auto (default): full softmax up to 50,000 items, sampled above."),
@@ -514,8 +518,9 @@ def _train_changes(model: str | None, modalities: str | None, fusion: str | None
                    max_len: int | None, batch_size: int | None, lr: float | None, seed: int | None,
                    split: str | None, min_item_plays: int | None, loss: str | None = None, head: str | None = None,
                    negatives: int | None = None, sampler: str | None = None,
-                   windows_per_epoch: int | None = None, group_by_length: bool | None = None) -> dict[str, Any]:
-    return {"windows_per_epoch": windows_per_epoch, "e4srec.group_by_length": group_by_length,
+                   windows_per_epoch: int | None = None, group_by_length: bool | None = None,
+                   preset: str | None = None) -> dict[str, Any]:
+    given = {"windows_per_epoch": windows_per_epoch, "e4srec.group_by_length": group_by_length,
             "id.loss": loss, "e4srec.head": head, "id.sampled.negatives": negatives,
             "e4srec.sampled.negatives": negatives, "id.sampled.sampler": sampler,
             "e4srec.sampled.sampler": sampler,
@@ -524,6 +529,7 @@ def _train_changes(model: str | None, modalities: str | None, fusion: str | None
             "e4srec.fusion": fusion, "e4srec.backbone": str(backbone.resolve()) if backbone else None,
             "e4srec.id_encoder": id_encoder, "zero_stage": zero_stage, "epochs": epochs, "batch_size": batch_size,
             "lr": lr, "seed": seed, "split": split, "min_item_plays": min_item_plays}
+    return {**(PRESETS[preset] if preset else {}), **{k: v for k, v in given.items() if v is not None}}
 
 
 @cli.command()
@@ -558,7 +564,8 @@ def train(ctx: click.Context, no_register: bool, as_json: bool, **opts: Any) -> 
     except (DataError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        click.echo(json.dumps({"run_id": out.run_id, "model": out.model, "test": out.test, "valid": out.valid,
+        click.echo(json.dumps({"run_id": out.run_id, "model": out.model, "test": out.test,
+                               "test_full": out.test_full, "valid": out.valid,
                                "popularity_test": out.baseline,
                                "model_version": out.model_version, "trainable_params": out.trainable_params,
                                "best_epoch": out.fit.best_epoch if out.fit else None}, indent=2))
@@ -569,10 +576,17 @@ def train(ctx: click.Context, no_register: bool, as_json: bool, **opts: Any) -> 
     if fit:
         click.echo(f"  {len(fit.history)} epochs ({'early stop' if fit.stopped_early else 'epoch limit'}), "
                    f"best epoch {fit.best_epoch}, {fit.samples_per_s:,.0f} training samples/s")
-    rows = [("valid", out.valid), ("test", out.test)] if out.valid else [("test", out.test)]
+    ev = cfg.train.eval
+    shown = "test" if ev.protocol == "full" else f"test, {ev.num_candidates + 1} candidates"
+    rows = [("valid", out.valid), (shown, out.test)] if out.valid else [(shown, out.test)]
     if out.baseline:
-        rows.append(("test, popularity", out.baseline))  # the same test users, ranked by training plays
+        rows.append((f"{shown}, popularity", out.baseline))  # the same test users, ranked by training plays
+    if out.test_full:
+        rows.append(("test, full ranking", out.test_full))
     click.echo(_metrics_table(rows, cfg.train.eval.ks))
+    if ev.protocol != "full":
+        click.echo("note: sampled metrics can reorder models (Krichene & Rendle, KDD 2020); the full-ranking "
+                   "row is the comparable one")
     click.echo(f"MLflow run {out.run_id}")
     if out.model_version:
         click.echo(f"registered {cfg.mlflow.model_name} version {out.model_version} as @challenger")

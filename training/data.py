@@ -151,6 +151,16 @@ def load_lake(cfg: EncoreConfig) -> Dataset:
     """The training set of the workspace's lake under ``cfg.train`` (split, vocabulary, max_len)."""
     df = read_listens(cfg)
     tc = cfg.train
+    protocol_info: dict[str, Any] = {}
+    if tc.split == "paper":
+        from training.protocol import counts_info, paper_filter
+
+        df, counts = paper_filter(df, tc.paper)
+        protocol_info = counts_info(counts)
+        if not len(df):
+            raise DataError(f"the paper protocol keeps no user ({counts[-1].step}: "
+                            + ", ".join(f"{c.step} {c.users}" for c in counts) + " users): lower "
+                            "train.paper.min_user_plays / min_sessions for a smaller lake")
     vocab = vocabulary(df["track_ids"], tc.min_item_plays)
     if not len(vocab):
         raise DataError(f"no track has {tc.min_item_plays}+ plays: lower train.min_item_plays")
@@ -167,7 +177,7 @@ def load_lake(cfg: EncoreConfig) -> Dataset:
     seqs = Sequences(users, items, comps, tss)
     ds = split(seqs, vocab, tc)
     ds.info.update({"source": str(Workspace.at(cfg.home).feature_table("listens")),
-                    "listens_below_min_plays": dropped, "min_item_plays": tc.min_item_plays})
+                    "listens_below_min_plays": dropped, "min_item_plays": tc.min_item_plays, **protocol_info})
     return ds
 
 
@@ -175,8 +185,12 @@ def load_lake(cfg: EncoreConfig) -> Dataset:
 
 def split(seqs: Sequences, vocab: Vocab, tc: TrainConfig) -> Dataset:
     """Leave-one-out per user (default) or a global time split; see ``loo_split``/``time_split``."""
-    ds = loo_split(seqs, vocab, tc.max_len) if tc.split == "loo" else time_split(seqs, vocab, tc.max_len,
-                                                                                 tc.time_quantile)
+    if tc.split == "loo":
+        ds = loo_split(seqs, vocab, tc.max_len)
+    elif tc.split == "time":
+        ds = time_split(seqs, vocab, tc.max_len, tc.time_quantile)
+    else:
+        ds = paper_split(seqs, vocab, tc.max_len, tc.paper.test_quantile, tc.paper.valid_user_share, tc.seed)
     all_ts = np.concatenate([t for t in seqs.ts if len(t)]) if seqs.n_events() else np.zeros(1, np.int64)
     ds.info.update({"split": tc.split, "users": len(seqs), "items": len(vocab), "events": seqs.n_events(),
                     "train_events": ds.train.n_events(), "valid_examples": len(ds.valid),
@@ -232,6 +246,34 @@ def time_split(seqs: Sequences, vocab: Vocab, max_len: int, quantile: float) -> 
             test.append((u, s[:n_valid], c[:n_valid], int(s[n_valid]), int(t[n_valid])))
     return Dataset(vocab, train, eval_set(valid, len(vocab), max_len), eval_set(test, len(vocab), max_len),
                    info={"valid_from": t_valid, "test_from": t_test})
+
+
+def paper_split(seqs: Sequences, vocab: Vocab, max_len: int, quantile: float, valid_share: float,
+                seed: int) -> Dataset:
+    """The paper's global time split (``training.protocol``): every user with a listen from the
+    test cutoff on is tested on the first of them; validation users (a seeded ``valid_share``) train up to the
+    validation cutoff and are validated on their first listen after it, the others train up to
+    the test cutoff. Each example's history is everything before its target."""
+    from training.protocol import cutoffs, validation_users
+
+    all_ts = np.concatenate([t for t in seqs.ts if len(t)])
+    t_valid, t_test = cutoffs(all_ts, quantile)
+    held = validation_users(seqs.users, valid_share, seed)
+    train = Sequences([], [], [], [])
+    valid: list[tuple[str, np.ndarray, np.ndarray, int, int]] = []
+    test: list[tuple[str, np.ndarray, np.ndarray, int, int]] = []
+    for u, s, c, t in zip(seqs.users, seqs.items, seqs.completion, seqs.ts, strict=True):
+        n_valid = int(np.searchsorted(t, t_valid, side="left"))
+        n_test = int(np.searchsorted(t, t_test, side="left"))
+        n_train = n_valid if u in held else n_test
+        train.users.append(u), train.items.append(s[:n_train]), train.completion.append(c[:n_train])
+        train.ts.append(t[:n_train])
+        if u in held and 0 < n_valid < n_test:
+            valid.append((u, s[:n_valid], c[:n_valid], int(s[n_valid]), int(t[n_valid])))
+        if 0 < n_test < len(s):
+            test.append((u, s[:n_test], c[:n_test], int(s[n_test]), int(t[n_test])))
+    return Dataset(vocab, train, eval_set(valid, len(vocab), max_len), eval_set(test, len(vocab), max_len),
+                   info={"valid_from": t_valid, "test_from": t_test, "valid_users": len(held)})
 
 
 def left_pad(seq: np.ndarray, length: int, fill: float) -> np.ndarray:

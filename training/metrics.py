@@ -15,6 +15,9 @@ Protocols:
     "full":    rank among every vocabulary item (the default, and the only one comparable across models);
     "sampled": rank among the target and ``num_candidates`` uniformly drawn negatives. Sampled metrics can
                reorder models (Krichene & Rendle, "On Sampled Metrics for Item Recommendation", KDD 2020).
+    "candidates": the same, but each example's list (target first) is drawn once from the seed
+               (``draw_candidates``), so it can be saved with the run and given to every model, a
+               model that only scores candidates (``score_candidates``, the LLM zero-shot ranker) too.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from encore.core.config import EvalSettings
 from training.models.base import SequenceModel, trim_padding
 
 __all__ = [
+    "candidate_ranks",
+    "draw_candidates",
     "evaluate",
     "evaluate_ranks",
     "full_ranking_ranks",
@@ -38,6 +43,7 @@ __all__ = [
     "metrics_from_ranks",
     "rows_per_forward",
     "sampled_ranks",
+    "targets_kept",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,6 +153,59 @@ def sampled_ranks(
     return torch.where(target_kept, ranks, torch.full_like(ranks, MISS)).cpu()  # [N]
 
 
+def draw_candidates(targets: torch.Tensor, n_items: int, num_negatives: int, seed: int,
+                    exclude: sparse.spmatrix | None = None) -> torch.Tensor:
+    """Each example's candidate list: LongTensor [N, 1 + num_negatives], the target in column 0.
+
+    Negatives are distinct vocabulary items (1..n_items), never the target nor a stored nonzero of
+    ``exclude`` (csr [N, n+1]), drawn uniformly from one generator seeded by ``seed`` row by row:
+    the same targets, exclusions and seed give the same lists. A row with too few eligible items
+    is filled with 0 (padding), which ranks nothing. Memory is per row, whatever the catalogue.
+    """
+    N = len(targets)
+    out = np.zeros((N, 1 + num_negatives), dtype=np.int64)
+    out[:, 0] = targets.numpy()
+    csr = sparse.csr_matrix(exclude) if exclude is not None else None
+    rng = np.random.default_rng(seed)
+    for row in range(N):
+        banned = {int(out[row, 0])}
+        if csr is not None:
+            lo, hi = csr.indptr[row], csr.indptr[row + 1]
+            banned.update(int(i) for i, v in zip(csr.indices[lo:hi], csr.data[lo:hi], strict=True) if v)
+        banned.discard(0)  # padding is never drawn anyway
+        want = max(0, min(num_negatives, n_items - len(banned)))
+        # Draw a few more than needed without replacement, drop the banned ones, keep the first `want`.
+        size = min(n_items, want + len(banned))
+        drawn = rng.choice(n_items, size=size, replace=False) + 1 if want > 0 else np.zeros(0, np.int64)
+        drawn = drawn[~np.isin(drawn, list(banned))][:want]
+        out[row, 1:1 + len(drawn)] = drawn
+    return torch.from_numpy(out)
+
+
+def targets_kept(targets: torch.Tensor, exclude: sparse.spmatrix | None) -> torch.Tensor:
+    """BoolTensor [N]: whether each target may be recommended (not a stored nonzero of its
+    ``exclude`` row; all True without ``exclude``)."""
+    if exclude is None:
+        return torch.ones(len(targets), dtype=torch.bool)
+    hit = np.asarray(sparse.csr_matrix(exclude)[np.arange(len(targets)), targets.numpy()]).reshape(-1)
+    return torch.from_numpy(hit == 0)
+
+
+def candidate_ranks(scores: torch.Tensor, candidates: torch.Tensor, target_kept: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """0-based rank of column 0 among its row's candidates: scores/candidates [N, C] -> LongTensor [N].
+
+    Candidates 0 (padding) take no part; ties count against the target; a target that is not kept
+    (masked as history) ranks ``MISS``.
+    """
+    scores = _clean(scores)
+    real = candidates[:, 1:] != 0  # [N, C-1]
+    ranks = ((scores[:, 1:] >= scores[:, :1]) & real.to(scores.device)).sum(1).cpu()  # [N]
+    if target_kept is not None:
+        ranks = torch.where(target_kept.cpu(), ranks, torch.full_like(ranks, MISS))
+    return ranks
+
+
 def popularity_ranks(plays: np.ndarray, targets: torch.Tensor, exclude: sparse.spmatrix | None = None) -> torch.Tensor:
     """Ranks under the popularity ranking (every user gets the same scores, training plays [n+1]):
     the baseline every model must beat, on the same examples and masking as the model's ranks.
@@ -197,12 +256,15 @@ def evaluate_ranks(
     batch_size: int = 256,
     device: str = "cpu",
     seed: int = 0,
+    candidates: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rank of each target under ``settings``: items/completion [N, L], targets [N] -> LongTensor [N].
 
     ``history`` (csr [N, n+1], see ``history_matrix``) is masked only when ``settings.mask_history``;
     None means there is nothing to mask. The sampled protocol is seeded by ``seed``; its draws depend
-    on ``batch_size`` too, so keep both fixed when comparing runs.
+    on ``batch_size`` too, so keep both fixed when comparing runs. The candidates protocol ranks
+    among ``candidates`` [N, C] (target first), drawn here by ``draw_candidates`` from ``seed`` when
+    not given; a model with ``score_candidates`` scores only those.
     """
     N = items.shape[0]
     if completion.shape != items.shape or targets.shape != (N,):
@@ -214,12 +276,16 @@ def evaluate_ranks(
     if exclude is not None and exclude.shape[0] != N:
         raise ValueError(f"history has {exclude.shape[0]} rows for {N} examples")
     generator: torch.Generator | None = None
-    if settings.protocol == "sampled":
+    if settings.protocol != "full":
         message = SAMPLED_WARNING.format(k=settings.num_candidates)
         warnings.warn(message, UserWarning, stacklevel=2)
         log.warning(message)
+    if settings.protocol == "sampled":
         generator = torch.Generator().manual_seed(seed)
 
+    if settings.protocol == "candidates":
+        return _candidate_protocol_ranks(model, items, completion, targets, exclude, settings, batch_size, device,
+                                         seed, candidates)
     n_items = getattr(model, "n_items", None)
     if n_items is not None:
         # Peak memory per batch: [rows, n+1] scores plus masks, bounded whatever the catalogue.
@@ -251,6 +317,42 @@ def evaluate_ranks(
     return out
 
 
+def _candidate_protocol_ranks(model: SequenceModel, items: torch.Tensor, completion: torch.Tensor,
+                              targets: torch.Tensor, exclude: sparse.csr_matrix | None, settings: EvalSettings,
+                              batch_size: int, device: str, seed: int, candidates: torch.Tensor | None
+                              ) -> torch.Tensor:
+    N = items.shape[0]
+    n_items = int(model.n_items)
+    if candidates is None:
+        candidates = draw_candidates(targets, n_items, settings.num_candidates, seed, exclude)
+    if candidates.shape[0] != N or not torch.equal(candidates[:, 0], targets.long()):
+        raise ValueError("candidate lists must hold one row per example with its target in column 0")
+    kept = targets_kept(targets, exclude)
+    own = getattr(model, "score_candidates", None)
+    batch_size = batch_size if own is not None else rows_per_forward(n_items, cap=batch_size)
+    order = _by_length(items)
+    was_training = model.training
+    model.eval()
+    ranks: list[torch.Tensor] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, N, batch_size):
+                idx = order[start:start + batch_size]
+                x, c = trim_padding(items[idx], completion[idx])
+                cand = candidates[idx]  # [B, C]
+                if own is not None:
+                    scores = own(x.to(device), c.to(device), cand.to(device))  # [B, C]
+                else:
+                    scores = model.score(x.to(device), c.to(device)).gather(1, cand.to(device))  # [B, C]
+                ranks.append(candidate_ranks(scores, cand, kept[idx]))
+    finally:
+        model.train(was_training)
+    out = torch.empty(N, dtype=torch.long)
+    if ranks:
+        out[order] = torch.cat(ranks)
+    return out
+
+
 def _by_length(items: torch.Tensor) -> torch.Tensor:
     """Row order by the number of real items, shortest first (stable: ties keep input order): [N]."""
     return torch.argsort((items != 0).sum(dim=1), stable=True)
@@ -273,7 +375,7 @@ def evaluate(
     """
     ranks = evaluate_ranks(model, items, completion, targets, history, settings, batch_size, device, seed)
     out = metrics_from_ranks(ranks, settings.ks)
-    if settings.protocol == "sampled":
+    if settings.protocol != "full":
         out["sampled_candidates"] = float(settings.num_candidates)
     return out
 

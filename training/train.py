@@ -31,7 +31,7 @@ from encore.core.config import EncoreConfig
 from encore.core.workspace import Workspace
 from training import tracking
 from training.data import Dataset, content_table, load_lake, training_plays, user_context
-from training.metrics import evaluate_ranks, metrics_from_ranks
+from training.metrics import draw_candidates, evaluate_ranks, metrics_from_ranks
 from training.models import ID_ENCODERS, build_id_encoder, model_class
 from training.models.base import ContentTable, IdEncoder, SequenceModel
 from training.trainer import FitResult, fit, popularity_metrics, rng_preserved, seed_everything
@@ -58,6 +58,39 @@ class TrainOutcome:
     # The popularity ranking's metrics on the same test examples: what the model must beat.
     # Empty under the sampled protocol (its candidates are the model's draws).
     baseline: dict[str, float] = field(default_factory=dict)
+    # Full-ranking test metrics beside a sampled / candidates protocol's (empty under full ranking,
+    # or for a model that ranks only candidates).
+    test_full: dict[str, float] = field(default_factory=dict)
+
+
+def test_candidates(data: Dataset, tc: Any) -> torch.Tensor | None:
+    """The test examples' candidate lists [N, 1 + num_candidates] under the candidates protocol
+    (target first; seeded by train.seed, so every model of a table sees the same lists); else None."""
+    if tc.eval.protocol != "candidates":
+        return None
+    exclude = data.test.history if tc.eval.mask_history else None
+    return draw_candidates(data.test.targets, len(data.vocab), tc.eval.num_candidates, tc.seed, exclude)
+
+
+def write_candidates(path: Path, users: list[str], candidates: torch.Tensor, track_ids: list[str]) -> None:
+    """One line per test example: user, target track, then the negatives' tracks, tab-separated."""
+    lines = ["user_id\ttarget\tnegatives"]
+    for user, row in zip(users, candidates.tolist(), strict=True):
+        names = [track_ids[i - 1] for i in row if i > 0]
+        lines.append(f"{user}\t{names[0]}\t{' '.join(names[1:])}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def full_ranking_beside(model: SequenceModel, data: Dataset, tc: Any, device: str) -> dict[str, float]:
+    """Full-ranking test metrics where the run's protocol samples candidates: sampled metrics can
+    reorder models, so both are reported. {} under full ranking, or for a model that only ranks
+    candidates (the LLM zero-shot ranker without a retriever)."""
+    if tc.eval.protocol == "full" or not getattr(model, "ranks_all_items", True):
+        return {}
+    full = tc.eval.model_copy(update={"protocol": "full"})
+    ranks = evaluate_ranks(model, data.test.items, data.test.completion, data.test.targets, data.test.history,
+                           full, batch_size=max(64, tc.batch_size), device=device, seed=tc.seed)
+    return metrics_from_ranks(ranks, tc.eval.ks)
 
 
 def default_backbone() -> Path:
@@ -297,15 +330,18 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
                          max_epochs=max_epochs)
             model = result.model
         device = next(model.parameters()).device if trainable else torch.device("cpu")
+        candidates = test_candidates(data, tc)
         ranks = evaluate_ranks(model, data.test.items, data.test.completion, data.test.targets,
                                data.test.history, tc.eval, batch_size=max(64, tc.batch_size), device=str(device),
-                               seed=tc.seed)
+                               seed=tc.seed, candidates=candidates)
         test = metrics_from_ranks(ranks, tc.eval.ks)
-        if tc.eval.protocol == "sampled":
+        if tc.eval.protocol != "full":
             test["sampled_candidates"] = float(tc.eval.num_candidates)
+        test_full = full_ranking_beside(model, data, tc, str(device))
         valid = result.best_valid if result else {}
-        baseline = popularity_metrics(data, data.test, tc.eval, tc.eval.ks)
+        baseline = popularity_metrics(data, data.test, tc.eval, tc.eval.ks, seed=tc.seed)
         tracking.log_metrics("test_", test)
+        tracking.log_metrics("test_full_", test_full)
         tracking.log_metrics("popularity_test_", baseline)
         tracking.log_metrics("best_valid_", valid)
         if result:
@@ -314,8 +350,10 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
             t = Path(tmp)
             (t / "config.yaml").write_text(yaml.safe_dump(cfg.effective(), sort_keys=False))
             (t / "item_ids.json").write_text(json.dumps(data.vocab.track_ids))
-            (t / "metrics.json").write_text(json.dumps({"test": test, "valid": valid, "popularity_test": baseline,
-                                                        "data": data.info}, indent=2))
+            (t / "metrics.json").write_text(json.dumps({"test": test, "test_full": test_full, "valid": valid,
+                                                        "popularity_test": baseline, "data": data.info}, indent=2))
+            if candidates is not None:
+                write_candidates(t / "candidates_test.tsv", data.test.users, candidates, data.vocab.track_ids)
             if result:
                 (t / "deepspeed.json").write_text(json.dumps(result.ds_config, indent=2))
                 (t / "history.json").write_text(json.dumps(result.history, indent=2))
@@ -330,7 +368,7 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
         version = tracking_log_model(cfg, model, data, register) if log_model else None
         if id_folder:
             mlflow.set_tag("encore.id_encoder", id_folder)
-    outcome = TrainOutcome(run_id=run_id, model=tc.model, test=test, valid=valid, fit=result,
+    outcome = TrainOutcome(run_id=run_id, model=tc.model, test=test, test_full=test_full, valid=valid, fit=result,
                            model_version=version, id_encoder=id_folder, trainable_params=trainable,
                            info=dict(data.info), trained=model, by_popularity=by_popularity,
                            baseline=baseline)

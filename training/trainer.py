@@ -34,7 +34,14 @@ from encore.core import faults
 from encore.core.config import EvalSettings, TrainConfig
 from encore.core.progress import Progress
 from training.data import Dataset, EvalSet, prefix_samples, seq2seq_windows, training_plays
-from training.metrics import evaluate, metrics_from_ranks, popularity_ranks
+from training.metrics import (
+    candidate_ranks,
+    draw_candidates,
+    evaluate,
+    metrics_from_ranks,
+    popularity_ranks,
+    targets_kept,
+)
 from training.models.base import SequenceModel, trim_padding
 
 log = logging.getLogger(__name__)
@@ -202,19 +209,26 @@ def _plain_copy(engine: Any) -> SequenceModel:
     return plain
 
 
-def popularity_metrics(data: Dataset, evalset: EvalSet, settings: EvalSettings, ks: list[int]) -> dict[str, float]:
-    """The popularity ranking (training plays) on ``evalset`` under full ranking, masked as the
-    model's ranking is: what every model must beat. {} under the sampled protocol, whose
+def popularity_metrics(data: Dataset, evalset: EvalSet, settings: EvalSettings, ks: list[int],
+                       seed: int = 0) -> dict[str, float]:
+    """The popularity ranking (training plays) on ``evalset``, ranked and masked as the model's
+    ranking is: what every model must beat. Under the candidates protocol it ranks the same
+    lists (``draw_candidates`` with the run's ``seed``). {} under the sampled protocol, whose
     candidates are the model's own draws, or for an empty set."""
-    if settings.protocol != "full" or len(evalset.targets) == 0:
+    if settings.protocol == "sampled" or len(evalset.targets) == 0:
         return {}
     exclude = evalset.history if settings.mask_history else None
-    return metrics_from_ranks(popularity_ranks(training_plays(data), evalset.targets, exclude), ks)
+    plays = training_plays(data)
+    if settings.protocol == "candidates":
+        cands = draw_candidates(evalset.targets, len(data.vocab), settings.num_candidates, seed, exclude)
+        scores = torch.from_numpy(plays[cands.numpy()]).float()  # [N, C]
+        return metrics_from_ranks(candidate_ranks(scores, cands, targets_kept(evalset.targets, exclude)), ks)
+    return metrics_from_ranks(popularity_ranks(plays, evalset.targets, exclude), ks)
 
 
 def popularity_floor(data: Dataset, tc: TrainConfig) -> float | None:
     """The popularity ranking's validation SELECTION_METRIC; None where it has none (see above)."""
-    return popularity_metrics(data, data.valid, tc.eval, [10]).get(SELECTION_METRIC)
+    return popularity_metrics(data, data.valid, tc.eval, [10], seed=tc.seed).get(SELECTION_METRIC)
 
 
 def counts_against_patience(best: float, floor: float | None) -> bool:

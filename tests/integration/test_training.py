@@ -301,3 +301,35 @@ def test_patience_counts_as_before_once_the_model_is_above_popularity(tmp_path: 
     assert len(result.history) == 5 and result.best_epoch == 2 and result.stopped_early
     sampled = small_tc(eval={"protocol": "sampled", "num_candidates": 10})
     assert popularity_floor(data, sampled) is None  # sampled candidates: no popularity floor to compare
+
+
+def test_the_paper_preset_trains_end_to_end_logs_each_filters_counts_and_saves_its_candidate_lists(
+        trained_home: EncoreConfig) -> None:
+    from encore.core.config import PRESETS
+    from training.ablation import apply_changes
+    from training.train import train
+
+    # The small world has no listener with 1,000 plays: the paper's numbers, scaled to it.
+    tc = apply_changes(_cfg(trained_home, model="sasrec", epochs=1).train,
+                       {**PRESETS["paper"], "paper.min_user_plays": 200, "paper.min_track_plays": 3,
+                        "paper.min_sessions": 10})
+    cfg = trained_home.model_copy(update={"train": tc})
+    out = train(cfg, register=False)
+    params = mlflow.MlflowClient().get_run(out.run_id).data.params
+    for step in ("raw", "min_user_plays", "min_track_plays", "sessions", "min_sessions"):
+        assert int(params[f"data.paper.{step}.users"]) >= int(params["data.paper.min_sessions.users"]) > 0
+    assert int(params["data.paper.raw.users"]) > int(params["data.paper.min_user_plays.users"])
+    assert int(params["data.paper.min_track_plays.tracks"]) < int(params["data.paper.raw.tracks"])
+    # Tested: every user with a listen after the global cutoff, validation users too.
+    assert 0 < out.info["test_examples"] <= int(params["data.paper.min_sessions.users"])
+    assert out.test["sampled_candidates"] == 199 and {"recall@20", "ndcg@20"} <= set(out.test)
+    assert out.test_full and out.test_full["ndcg@10"] <= out.test["ndcg@10"]  # 199 negatives rank above fewer
+    assert out.baseline["ndcg@10"] >= 0  # popularity ranked on the same lists
+
+    saved = Path(mlflow.artifacts.download_artifacts(run_id=out.run_id, artifact_path="candidates_test.tsv"))
+    rows = saved.read_text().splitlines()[1:]
+    assert len(rows) == out.info["test_examples"]
+    assert all(len(r.split("\t")[2].split()) == min(199, out.info["items"] - 1) for r in rows)
+    again = train(cfg, register=False)  # the same seed gives the same lists
+    assert Path(mlflow.artifacts.download_artifacts(run_id=again.run_id, artifact_path="candidates_test.tsv")
+                ).read_text() == saved.read_text()
