@@ -508,6 +508,9 @@ def _train_options(f: Any) -> Any:
                      help="Train on this many random windows per epoch (default: all), for budgets on big lakes."),
         click.option("--group-by-length", is_flag=True, default=None,
                      help="E4SRec: batch windows of similar length, so short histories run short forwards."),
+        click.option("--quantization", type=click.Choice(["none", "8bit", "4bit"]),
+                     help="E4SRec: load the frozen backbone 8-bit or 4-bit (bitsandbytes; CUDA GPU and the gpu "
+                          "extra). Default: none."),
     ]):
         f = opt(f)
     return f
@@ -519,8 +522,9 @@ def _train_changes(model: str | None, modalities: str | None, fusion: str | None
                    split: str | None, min_item_plays: int | None, loss: str | None = None, head: str | None = None,
                    negatives: int | None = None, sampler: str | None = None,
                    windows_per_epoch: int | None = None, group_by_length: bool | None = None,
-                   preset: str | None = None) -> dict[str, Any]:
+                   preset: str | None = None, quantization: str | None = None) -> dict[str, Any]:
     given = {"windows_per_epoch": windows_per_epoch, "e4srec.group_by_length": group_by_length,
+            "e4srec.quantization": quantization,
             "id.loss": loss, "e4srec.head": head, "id.sampled.negatives": negatives,
             "e4srec.sampled.negatives": negatives, "id.sampled.sampler": sampler,
             "e4srec.sampled.sampler": sampler,
@@ -554,6 +558,8 @@ def train(ctx: click.Context, no_register: bool, as_json: bool, **opts: Any) -> 
       encore train --model e4srec --backbone /models/Qwen2-0.5B --zero-stage 2
     """
     from training.data import DataError
+    from training.models.quantization import QuantizationUnavailable
+    from training.train import HeadTooLarge
     from training.train import train as run_train
 
     cfg = _with_train(_config(ctx), **_train_changes(**opts))
@@ -561,7 +567,7 @@ def train(ctx: click.Context, no_register: bool, as_json: bool, **opts: Any) -> 
         # DeepSpeed and transformers print progress to stdout; stdout is for the result (--json).
         with contextlib.redirect_stdout(sys.stderr):
             out = run_train(cfg, register=not no_register)
-    except (DataError, FileNotFoundError) as exc:
+    except (DataError, FileNotFoundError, QuantizationUnavailable, HeadTooLarge) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"run_id": out.run_id, "model": out.model, "test": out.test,

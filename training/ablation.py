@@ -205,8 +205,12 @@ def bar_chart(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
 def ablation(cfg: EncoreConfig, seeds: list[int], only: list[str] | None = None,
              data: Dataset | None = None, out_dir: Path | None = None) -> dict[str, Any]:
     """Run the table; returns rows, verdict and the paths of the markdown and PNG it wrote."""
-    data = data or load_lake(cfg)
     chosen = [v for v in variants() if not only or v.name in only]
+    if any(v.changes["model"] == "e4srec" for v in chosen):
+        from training.models.quantization import check_quantization_supported
+
+        check_quantization_supported(cfg.train.e4srec.quantization)  # before hours of ID rows, not after
+    data = data or load_lake(cfg)
     needs_content = any(v.changes["model"] in ("content", "e4srec") for v in chosen)
     content = content_table(cfg, data.vocab, ("lyrics", "audio", "meta")) if needs_content else None
     ws = Workspace.at(cfg.home)

@@ -34,6 +34,7 @@ from training.data import Dataset, content_table, load_lake, training_plays, use
 from training.metrics import draw_candidates, evaluate_ranks, metrics_from_ranks
 from training.models import ID_ENCODERS, build_id_encoder, model_class
 from training.models.base import ContentTable, IdEncoder, SequenceModel
+from training.models.quantization import check_quantization_supported
 from training.trainer import FitResult, fit, popularity_metrics, rng_preserved, seed_everything
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,10 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
           tags: dict[str, str] | None = None, max_epochs: int | None = None) -> TrainOutcome:
     """Train, evaluate and track one ``cfg.train.model``; register it unless told not to."""
     tc = cfg.train
+    if tc.model == "e4srec":
+        # A k-bit backbone needs CUDA and bitsandbytes: refuse now, not after reading the lake and
+        # training the ID encoder (minutes to hours) only for the backbone's load to fail.
+        check_quantization_supported(tc.e4srec.quantization)
     # Inputs first, then the seed: read here (`encore train`) or passed in (the table), they leave
     # the model the same random state to start from.
     data = data or load_lake(cfg)
@@ -382,7 +387,11 @@ def tracking_log_model(cfg: EncoreConfig, model: SequenceModel, data: Dataset, r
     from training.pyfunc import log_recommender
 
     name = cfg.mlflow.model_name if register else None
-    info = log_recommender(model.cpu().float().eval(), data.vocab.track_ids, cfg.train.max_len,
+    # A bitsandbytes k-bit backbone is neither moved off its GPU nor cast to fp32 (its weights are
+    # packed integers): it is saved where it is. Untested on a GPU: none was available to measure it.
+    quantized = getattr(model, "quantization", "none") != "none"
+    ready = model.eval() if quantized else model.cpu().float().eval()
+    info = log_recommender(ready, data.vocab.track_ids, cfg.train.max_len,
                            cfg.train.eval.mask_history, _example(data), name)
     version = getattr(info, "registered_model_version", None)
     if register and version is not None:

@@ -312,6 +312,14 @@ class E4SRecSettings(_Section):
     # prompt prefix (docs/benchmarks.md, "Padding on short histories"). Off by default: batches of
     # alike lengths are a different sample of the data than random ones.
     group_by_length: bool = Field(False, description="batch windows of similar length (shorter LLM forwards)")
+    # The paper's backbones (LLaMA-2-13B, Qwen2.5-7B-Instruct, LLaMA-3-70B) do not fit one GPU in
+    # bf16 (2 bytes a parameter: ~14 GB of weights for 7B, ~26 GB for 13B, ~140 GB for 70B). 8bit
+    # (LLM.int8, ~1 byte a parameter: ~7.5 GB for 7B) and 4bit (NF4 + double quantisation, QLoRA's
+    # recipe, ~0.5 byte: ~4 GB for 7B) store the frozen linear weights in bitsandbytes' k-bit
+    # format; LoRA trains on top through PEFT's k-bit preparation. Arithmetic, not measured. Needs
+    # a CUDA GPU and the `gpu` extra; training and scoring stop at once without them.
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="frozen backbone weights: bf16/fp32 as loaded, or bitsandbytes 8-bit / 4-bit (CUDA)")
 
 
 class EvalSettings(_Section):

@@ -61,3 +61,16 @@ def test_ingest_without_inputs_is_a_clear_error(tmp_path: Path) -> None:
 def test_summary_of_an_empty_workspace_says_what_to_do(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["--home", str(tmp_path), "summary"])
     assert res.exit_code == 0 and "run `encore ingest` first" in res.output
+
+
+def test_train_kbit_e4srec_without_cuda_exits_1_before_reading_any_data(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path / "empty"), "train", "--model", "e4srec",
+                                   "--quantization", "4bit"], env={"ENCORE_CONFIG": None})
+    assert res.exit_code == 1, res.output
+    # Not the empty workspace's "no listens table": the refusal comes before the data is read.
+    assert "train.e4srec.quantization: 4bit needs a CUDA GPU" in res.stderr
+    assert "train.e4srec.quantization: none" in res.stderr and "no listens table" not in res.stderr

@@ -17,6 +17,9 @@ Sequence, readout "last" (the paper's): [instruction tokens][L item vectors, lef
 and no response tokens follow, so the state at each item position predicts the next item (one
 forward trains all L targets) and inference reads the newest item, again the last position.
 
+``quantization: 8bit | 4bit`` loads the frozen backbone k-bit with bitsandbytes, as E4SRec (8-bit)
+and the paper's seed code (4-bit, QLoRA) do; CUDA only (``quantization.py``).
+
 Departures from the paper:
     - Readout "every" (above) and LoRA on all linear layers by default (docs/models.md, "E4SRec on two
       cores: what was tried").
@@ -84,19 +87,32 @@ def _is_causal_lm(model_type: str | None) -> bool:
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def _load_backbone(path: str, causal: bool) -> nn.Module:
+def _load_backbone(path: str, causal: bool, quantization: str = "none") -> nn.Module:
     """AutoModel from a local folder; an encoder (BERT, MiniLM) made causal when ``causal``.
 
     The dense readout reads every history position: position t must not see items after t.
     Decoders already attend causally; encoders take transformers' own ``is_decoder`` switch.
+    ``quantization`` "8bit"/"4bit" loads the weights k-bit onto the GPU (``quantization.py``) and
+    applies PEFT's k-bit preparation; it raises ``QuantizationUnavailable`` without CUDA.
     """
     from transformers import AutoConfig, AutoModel
+
+    from training.models.quantization import quantized_load_kwargs
 
     config = AutoConfig.from_pretrained(path)
     if causal and not _is_causal_lm(config.model_type):
         config.is_decoder = True
+    extra = quantized_load_kwargs(quantization)  # {} for "none": the unquantised load is unchanged
     # safetensors only: a pickled .bin in a model folder could run code when loaded.
-    return AutoModel.from_pretrained(path, config=config, use_safetensors=True)
+    base = AutoModel.from_pretrained(path, config=config, use_safetensors=True, **extra)
+    if not extra:
+        return base
+    from peft import prepare_model_for_kbit_training
+
+    # Casts the remaining bf16/fp16 weights (embeddings, norms) to fp32 for stable training and
+    # freezes the base. No gradient checkpointing: it turns off the KV cache in training, and the
+    # shared-prefix forward (E4SRec._hidden) hands the prompt's cache to the batch. Unmeasured.
+    return prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
 
 
 def _lora_targets(backbone: nn.Module, requested: list[str] | str | None) -> list[str] | str:
@@ -187,6 +203,8 @@ class E4SRec(SequenceModel):
         self.readout = self.settings.get("readout", "every")
         if self.readout not in ("every", "last"):
             raise ValueError(f"unknown E4SRec readout {self.readout!r}; expected 'every' or 'last'")
+        # "none" | "8bit" | "4bit"; an unknown value or a machine without CUDA fails in _load_backbone.
+        self.quantization = str(self.settings.get("quantization", "none"))
         fusion_mode = self.settings.get("fusion", "concat")
         fusion_dim = int(self.settings.get("fusion_dim", 128))
         lora = self.settings.get("lora") or {}
@@ -206,7 +224,8 @@ class E4SRec(SequenceModel):
             raise ValueError("E4SRec needs 'id' or a content modality with a table to build item vectors from")
 
         # Backbone: frozen base weights, LoRA on top. AutoModel gives decoders without their LM head.
-        base = _load_backbone(self.backbone_path, causal=self.readout == "every")
+        base = _load_backbone(self.backbone_path, causal=self.readout == "every",
+                              quantization=self.quantization)
         # Causal attention (a decoder, or an encoder switched to it): the instruction's states do
         # not depend on the history, so one forward of it serves the whole batch (_hidden).
         self.shares_prefix = self.readout == "every" or _is_causal_lm(getattr(base.config, "model_type", None))
