@@ -449,7 +449,7 @@ def materialize(ctx: click.Context, end: Any, views: tuple[str, ...], as_json: b
 
 
 # --------------------------------------------------------------------------- train
-_MODELS = ("sasrec", "bert4rec", "gru4rec", "e4srec", "content")
+_MODELS = ("sasrec", "bert4rec", "gru4rec", "e4srec", "content", "llm-zeroshot")
 
 
 def _with_train(cfg: EncoreConfig, **changes: Any) -> EncoreConfig:
@@ -479,7 +479,8 @@ def _train_options(f: Any) -> Any:
         click.option("--fusion", type=click.Choice(["concat", "weighted", "xattn", "film"]),
                      help="How E4SRec combines the modalities."),
         click.option("--backbone", type=click.Path(exists=True, file_okay=False, path_type=Path),
-                     help="Hugging Face model folder for E4SRec (Llama, Qwen2, Mistral, BERT...). Default: MiniLM."),
+                     help="Hugging Face model folder for E4SRec (Llama, Qwen2, Mistral, BERT...; default MiniLM), "
+                          "and the causal LM llm-zeroshot prompts (no default)."),
         click.option("--id-encoder", type=click.Choice(["sasrec", "bert4rec", "gru4rec"]),
                      help="Pretrained ID encoder whose item table E4SRec reuses."),
         click.option("--zero-stage", type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage."),
@@ -531,6 +532,7 @@ def _train_changes(model: str | None, modalities: str | None, fusion: str | None
             "model": model, "e4srec.modalities": modalities.split(",") if modalities else None,
             "id.epochs": id_epochs, "max_len": max_len,
             "e4srec.fusion": fusion, "e4srec.backbone": str(backbone.resolve()) if backbone else None,
+            "zeroshot.backbone": str(backbone.resolve()) if backbone else None,
             "e4srec.id_encoder": id_encoder, "zero_stage": zero_stage, "epochs": epochs, "batch_size": batch_size,
             "lr": lr, "seed": seed, "split": split, "min_item_plays": min_item_plays}
     return {**(PRESETS[preset] if preset else {}), **{k: v for k, v in given.items() if v is not None}}

@@ -37,8 +37,12 @@ class Variant:
     changes: dict[str, Any]
 
 
-def variants() -> list[Variant]:
-    """The rows of the paper's ablation table, in order."""
+LLM_ZEROSHOT = Variant("LLM zero-shot", {"model": "llm-zeroshot"})
+
+
+def variants(tc: TrainConfig | None = None) -> list[Variant]:
+    """The rows of the paper's ablation table, in order; the LLM zero-shot row last, where ``tc``
+    names its LM (train.zeroshot.backbone) and it can rank under ``tc``'s protocol."""
     rows = [Variant("SASRec", {"model": "sasrec"}), Variant("BERT4Rec", {"model": "bert4rec"}),
             Variant("GRU4Rec", {"model": "gru4rec"}), Variant("Content zero-shot", {"model": "content"}),
             Variant("E4SRec (ID)", {"model": "e4srec", "e4srec.modalities": ["id"]})]
@@ -47,6 +51,9 @@ def variants() -> list[Variant]:
     for fusion in ("concat", "weighted", "xattn", "film"):
         rows.append(Variant(f"E4SRec + all ({fusion})", {"model": "e4srec", "e4srec.modalities": list(MODALITIES),
                                                         "e4srec.fusion": fusion}))
+    z = tc.zeroshot if tc is not None else None
+    if z is not None and z.backbone is not None and (tc.eval.protocol != "full" or z.retriever != "none"):
+        rows.append(LLM_ZEROSHOT)
     return rows
 
 
@@ -110,7 +117,8 @@ def summarize(results: list[dict[str, Any]], names: list[str], metrics: list[str
             continue
         row: dict[str, Any] = {"variant": name, "seeds": len(runs)}
         for m in metrics:
-            row[m] = mean_std([r["test"][m] for r in runs])
+            # NaN where a run has no such figure (full ranking of a model that ranks candidates only).
+            row[m] = mean_std([r["test"].get(m, float("nan")) for r in runs])
         rows.append(row)
     return rows
 
@@ -126,7 +134,7 @@ def popularity_row(results: list[dict[str, Any]], metrics: list[str]) -> dict[st
         return None
     row: dict[str, Any] = {"variant": POPULARITY, "seeds": 1}
     for m in metrics:
-        row[m] = (float(np.mean([p[m] for p in runs])), 0.0)
+        row[m] = (float(np.mean([p.get(m, float("nan")) for p in runs])), 0.0)
     return row
 
 
@@ -148,20 +156,24 @@ def verdict(rows: list[dict[str, Any]], metric: str = "ndcg@10") -> dict[str, An
 
 
 def markdown(rows: list[dict[str, Any]], metrics: list[str], info: dict[str, Any], v: dict[str, Any],
-             test_examples: int | None = None) -> str:
+             test_examples: int | None = None, protocol: str | None = None) -> str:
     # Users with too few listens have no test example: say how many examples the metrics average.
     examples = f"{test_examples} test examples from " if test_examples is not None else ""
+    ranking = protocol or "full ranking, history masked"
     lines = [f"Test metrics on {examples}{info.get('users')} users × {info.get('items')} items "
-             f"({info.get('split')} split, full ranking, history masked); mean ± std over seeds.", "",
+             f"({info.get('split')} split, {ranking}); mean ± std over seeds.", "",
              "| model | seeds | " + " | ".join(metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]
     # Bold marks the best model; the popularity row is the floor, never a contender.
     models = [r for r in rows if r["variant"] != POPULARITY] or rows
-    best = {m: max(r[m][0] for r in models) for m in metrics}
+    best = {m: max((r[m][0] for r in models if not np.isnan(r[m][0])), default=None) for m in metrics}
     for r in rows:
         cells = []
         for m in metrics:
             mean, std = r[m]
+            if np.isnan(mean):
+                cells.append("—")
+                continue
             cell = f"{mean:.4f} ± {std:.4f}"
             cells.append(f"**{cell}**" if mean == best[m] else cell)
         lines.append(f"| {r['variant']} | {r['seeds']} | " + " | ".join(cells) + " |")
@@ -185,7 +197,7 @@ def bar_chart(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     names = [r["variant"] for r in rows]
     means = [r[metric][0] for r in rows]
     stds = [r[metric][1] for r in rows]
-    colors = ["#8c8c8c" if n in ID_ONLY else "#4c9f70" if n.startswith("Content") else "#3b6fb6" for n in names]
+    colors = ["#8c8c8c" if n in ID_ONLY else "#4c9f70" if "zero-shot" in n else "#3b6fb6" for n in names]
     fig, ax = plt.subplots(figsize=(8, 0.38 * len(rows) + 1.2))
     y = np.arange(len(rows))[::-1]
     ax.barh(y, means, xerr=stds, color=colors, capsize=3)
@@ -195,7 +207,7 @@ def bar_chart(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
         ax.legend(loc="lower right")
     ax.set_yticks(y, names)
     ax.set_xlabel(f"test {metric} (mean ± std over seeds)")
-    ax.set_title("Ablation: ID-only (grey), content zero-shot (green), E4SRec variants (blue)")
+    ax.set_title("Ablation: ID-only (grey), zero-shot (green), E4SRec variants (blue)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -205,7 +217,7 @@ def bar_chart(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
 def ablation(cfg: EncoreConfig, seeds: list[int], only: list[str] | None = None,
              data: Dataset | None = None, out_dir: Path | None = None) -> dict[str, Any]:
     """Run the table; returns rows, verdict and the paths of the markdown and PNG it wrote."""
-    chosen = [v for v in variants() if not only or v.name in only]
+    chosen = [v for v in variants(cfg.train) if not only or v.name in only]
     if any(v.changes["model"] == "e4srec" for v in chosen):
         from training.models.quantization import check_quantization_supported
 
@@ -230,20 +242,29 @@ def ablation(cfg: EncoreConfig, seeds: list[int], only: list[str] | None = None,
             out = train(cfg.model_copy(update={"train": tc}), data=data, content=content, register=False,
                         log_model=False, run_name=f"table: {v.name} seed {seed}",
                         tags={"encore.bench": "table", "encore.variant": v.name})
-            rec = {"key": key, "variant": v.name, "seed": seed, "run_id": out.run_id, "test": out.test,
+            # Under a candidates protocol the full-ranking figures ride along as "full <metric>".
+            test = {**out.test, **{f"full {k}": x for k, x in out.test_full.items()}}
+            rec = {"key": key, "variant": v.name, "seed": seed, "run_id": out.run_id, "test": test,
                    "best_epoch": out.fit.best_epoch if out.fit else None,
                    "samples_per_s": out.fit.samples_per_s if out.fit else None,
                    "popularity": out.baseline,
                    "by_popularity": out.by_popularity.to_dict("records") if out.by_popularity is not None else None}
             record_run(done_file, rec)
             results.append(rec)
+    ev = cfg.train.eval
     metrics = [f"{m}@{k}" for m in ("hr", "ndcg") for k in (5, 10)] + ["mrr"]
+    protocol = None
+    if ev.protocol != "full":
+        # The paper reports @20 over 200 candidates; the full-ranking NDCG@10 stands beside it.
+        metrics = [f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)] + ["full ndcg@10"]
+        protocol = (f"{ev.num_candidates + 1} candidates per example (sampled metrics can reorder models; "
+                    f"'full ndcg@10' ranks every item), history {'masked' if ev.mask_history else 'not masked'}")
     rows = summarize(results, [v.name for v in chosen], metrics)
     v = verdict(rows)
     floor = popularity_row(results, metrics)
     rows += [floor] if floor else []
     md = out_dir / "ablation.md"
-    md.write_text(markdown(rows, metrics, data.info, v, test_examples=len(data.test)))
+    md.write_text(markdown(rows, metrics, data.info, v, test_examples=len(data.test), protocol=protocol))
     png = bar_chart(rows, "ndcg@10", out_dir / "ablation_ndcg10.png")
     with tracking.run(cfg, "bench table", tags={"encore.bench": "table-summary"}):
         mlflow.log_params({"seeds": ",".join(map(str, seeds)), "variants": len(chosen)})

@@ -402,6 +402,28 @@ def user_context(cfg: EncoreConfig, evalset: EvalSet) -> pd.DataFrame:
     return training_examples(cfg, entity, service="training")
 
 
+def item_texts(cfg: EncoreConfig, vocab: Vocab) -> list[str]:
+    """Each item's "artist – title" from the bronze tracks table, the zero-shot ranker's words:
+    [n_items + 1], index 0 (padding) empty. A track the table lacks keeps its id as its title
+    (counted in the log): it still gets a score, from less text."""
+    import pyarrow.dataset as pads
+
+    from training.models.llm_zeroshot import item_text
+
+    folder = Workspace.at(cfg.home).tracks
+    names: dict[str, tuple[str, str]] = {}
+    if folder.is_dir() and any(folder.glob("*.parquet")):
+        t = pads.dataset(folder, format="parquet").to_table(columns=["track_id", "artist_name", "track_name"])
+        names = {tid: (a or "", n or "") for tid, a, n in zip(*(t.column(c).to_pylist() for c in t.column_names),
+                                                               strict=True)}
+    missing = sum(1 for tid in vocab.track_ids if tid not in names)
+    if missing:
+        log.warning("item texts: %d of %d tracks have no name in the tracks table; their id stands in",
+                    missing, len(vocab))
+    return [""] + [item_text(*names[tid]) if tid in names else item_text("unknown artist", tid)
+                   for tid in vocab.track_ids]
+
+
 def standard_attributes(path: Path, vocab: Vocab) -> ContentTable:
     """Item attributes of a standard benchmark (``{"item": [attr ids]}``) as a multi-hot "meta" table."""
     raw = json.loads(Path(path).read_text())

@@ -30,7 +30,7 @@ import mlflow
 from encore.core.config import EncoreConfig
 from encore.core.workspace import Workspace
 from training import tracking
-from training.data import Dataset, content_table, load_lake, training_plays, user_context
+from training.data import DataError, Dataset, content_table, load_lake, training_plays, user_context
 from training.metrics import draw_candidates, evaluate_ranks, metrics_from_ranks
 from training.models import ID_ENCODERS, build_id_encoder, model_class
 from training.models.base import ContentTable, IdEncoder, SequenceModel
@@ -116,18 +116,20 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def id_encoder_for(cfg: EncoreConfig, data: Dataset, fingerprint: str) -> tuple[IdEncoder, Path]:
-    """The pretrained ID encoder E4SRec takes its item table from: trained on first use, then cached.
+def id_encoder_for(cfg: EncoreConfig, data: Dataset, fingerprint: str,
+                   kind: str | None = None) -> tuple[IdEncoder, Path]:
+    """The pretrained ID encoder E4SRec takes its item table from (or the zero-shot ranker its
+    retriever, ``kind``): trained on first use, then cached.
 
     Cached per (encoder kind and settings, max_len, seed, data): every E4SRec variant of one seed
     shares one, as the paper's ablation does. Trained through the same DeepSpeed loop, in a nested
     MLflow run so its own metrics are on record.
     """
     tc = cfg.train
-    kind = tc.e4srec.id_encoder
-    # Everything that shapes the encoder's training, i.e. the train config minus E4SRec's own part.
+    kind = kind or tc.e4srec.id_encoder
+    # Everything that shapes the encoder's training, i.e. the train config minus the consumers' parts.
     budget = tc.id.epochs or tc.epochs
-    recipe = tc.model_dump(mode="json", exclude={"model", "e4srec", "epochs"}) | {"epochs": budget}
+    recipe = tc.model_dump(mode="json", exclude={"model", "e4srec", "zeroshot", "epochs"}) | {"epochs": budget}
     folder = Workspace.at(cfg.home).outputs / "id-encoders" / f"{kind}-{_key(kind, recipe, fingerprint)}"
     if (folder / "model.json").exists():
         log.info("ID encoder: reusing %s", folder)
@@ -154,6 +156,8 @@ def build_model(cfg: EncoreConfig, data: Dataset, content: ContentTable | None,
     n = len(data.vocab)
     if tc.model in ID_ENCODERS:
         return build_id_encoder(tc.model, n, tc.max_len, tc.id.model_dump()), None
+    if tc.model == "llm-zeroshot":
+        return zeroshot_model(cfg, data, fingerprint), None
     if content is None:
         raise ValueError(f"{tc.model} needs the content table (train() reads it)")
     if tc.model == "content":
@@ -180,6 +184,29 @@ def build_model(cfg: EncoreConfig, data: Dataset, content: ContentTable | None,
         vectors={m: v for m, v in content.vectors.items() if m in s.modalities},
         present={m: v for m, v in content.present.items() if m in s.modalities}))
     return model, id_folder
+
+
+def zeroshot_model(cfg: EncoreConfig, data: Dataset, fingerprint: str) -> SequenceModel:
+    """The LLM zero-shot ranker over the vocabulary's "artist – title" texts, with its retriever
+    (an ID encoder, trained or reused) where full ranking needs one."""
+    from training.data import item_texts
+    from training.models.llm_zeroshot import LLMZeroShot
+
+    tc, z = cfg.train, cfg.train.zeroshot
+    if z.backbone is None:
+        raise DataError("llm-zeroshot needs train.zeroshot.backbone: a local Hugging Face causal LM folder "
+                        "(nothing is downloaded)")
+    if z.retriever == "none" and tc.eval.protocol == "full":
+        raise DataError("llm-zeroshot scores candidates, not a whole catalogue: use --preset paper (200 "
+                        "candidates), eval.protocol: candidates, or train.zeroshot.retriever to re-rank its top_k")
+    model = LLMZeroShot(n_items=len(data.vocab), backbone=str(z.backbone),
+                        prompt=str(z.prompt) if z.prompt else None, max_history=z.max_history,
+                        batch_size=z.batch_size, normalise=z.normalise)
+    model.set_item_texts(item_texts(cfg, data.vocab))
+    if z.retriever != "none":
+        retriever, _ = id_encoder_for(cfg, data, fingerprint, kind=z.retriever)
+        model.set_retriever(retriever, top_k=z.top_k)
+    return model
 
 
 class HeadTooLarge(MemoryError):
@@ -293,7 +320,7 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
     # Inputs first, then the seed: read here (`encore train`) or passed in (the table), they leave
     # the model the same random state to start from.
     data = data or load_lake(cfg)
-    if content is None and tc.model not in ID_ENCODERS:
+    if content is None and tc.model not in (*ID_ENCODERS, "llm-zeroshot"):
         content = content_table(cfg, data.vocab, tc.e4srec.modalities if tc.model == "e4srec"
                                 else ("lyrics", "audio", "meta"))
     seed_everything(tc.seed)
@@ -370,7 +397,9 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
             by_popularity = popularity_breakdown(data, ranks, tc.eval.ks)
             by_popularity.to_csv(t / "test_by_popularity.csv", index=False)
             mlflow.log_artifacts(str(t))
-        version = tracking_log_model(cfg, model, data, register) if log_model else None
+        # The zero-shot ranker is an evaluation baseline: its "weights" are a path to a local LM.
+        keep = log_model and tc.model != "llm-zeroshot"
+        version = tracking_log_model(cfg, model, data, register) if keep else None
         if id_folder:
             mlflow.set_tag("encore.id_encoder", id_folder)
     outcome = TrainOutcome(run_id=run_id, model=tc.model, test=test, test_full=test_full, valid=valid, fit=result,

@@ -322,6 +322,25 @@ class E4SRecSettings(_Section):
         "none", description="frozen backbone weights: bf16/fp32 as loaded, or bitsandbytes 8-bit / 4-bit (CUDA)")
 
 
+class ZeroShotSettings(_Section):
+    # The paper's zero-shot baseline (train.model: llm-zeroshot): a local causal LM reads the
+    # history as "artist – title" lines and scores each candidate by the mean log-likelihood of its
+    # own "artist – title" (training/models/llm_zeroshot.py). Nothing trains. No LM ships with
+    # Encore: point this at a local Hugging Face folder (Qwen2.5-7B-Instruct, Llama...).
+    backbone: Path | None = Field(None, description="local Hugging Face causal LM folder (required)")
+    prompt: Path | None = Field(None, description="template with one {history}; None = llm_zeroshot_v1.txt")
+    max_history: int = Field(20, ge=1, description="newest history items written into the prompt")
+    # Candidates per forward against one user's cached prompt: 200 candidates are 4 forwards.
+    batch_size: int = Field(64, ge=1, description="candidate continuations per forward")
+    normalise: Literal["mean", "sum"] = Field("mean", description="mean: length-normalised log-likelihood")
+    # Full ranking needs a retrieval model: an LM cannot score a 10^6-track catalogue per user.
+    # none: candidates protocols only (--preset paper). Else that ID encoder is trained (or reused,
+    # as E4SRec's is) and the LM re-ranks its top_k.
+    retriever: Literal["none", "sasrec", "bert4rec", "gru4rec"] = Field(
+        "none", description="ID model whose top_k the LM re-ranks under full ranking")
+    top_k: int = Field(200, ge=1, description="retriever items re-ranked per user")
+
+
 class EvalSettings(_Section):
     ks: list[int] = Field([5, 10, 20], description="cut-offs for HR/Recall and NDCG")
     # Items in the history the model reads (its last max_len listens) cannot be recommended when
@@ -367,7 +386,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 class TrainConfig(_Section):
-    model: Literal["sasrec", "bert4rec", "gru4rec", "e4srec", "content"] = "e4srec"
+    model: Literal["sasrec", "bert4rec", "gru4rec", "e4srec", "content", "llm-zeroshot"] = "e4srec"
     max_len: int = Field(50, ge=2, le=1000, description="history items a model reads")
     # LastFM-1K has ~1M tracks, most played a handful of times: the head is hidden x vocabulary.
     min_item_plays: int = Field(1, ge=1, description="tracks with fewer training plays stay out of the vocabulary")
@@ -390,6 +409,7 @@ class TrainConfig(_Section):
     e4srec: E4SRecSettings = Field(default_factory=E4SRecSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     paper: PaperProtocolSettings = Field(default_factory=PaperProtocolSettings)
+    zeroshot: ZeroShotSettings = Field(default_factory=ZeroShotSettings)
 
 
 class ScoringConfig(_Section):
@@ -497,6 +517,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 _FILE_RELATIVE = (("embed", "text", "path"), ("embed", "audio", "path"), ("annotate", "model_path"),
                   ("annotate", "prompt"),
                   ("train", "e4srec", "backbone"), ("train", "e4srec", "prompt"),
+                  ("train", "zeroshot", "backbone"), ("train", "zeroshot", "prompt"),
                   ("mlflow", "promotion_policy"), ("nightly", "inbox"))
 
 

@@ -333,3 +333,23 @@ def test_the_paper_preset_trains_end_to_end_logs_each_filters_counts_and_saves_i
     again = train(cfg, register=False)  # the same seed gives the same lists
     assert Path(mlflow.artifacts.download_artifacts(run_id=again.run_id, artifact_path="candidates_test.tsv")
                 ).read_text() == saved.read_text()
+
+
+def test_the_llm_zeroshot_ranker_scores_the_paper_candidates_with_a_local_lm_and_registers_nothing(
+        trained_home: EncoreConfig, tmp_path: Path) -> None:
+    from encore.core.config import PRESETS
+    from training.ablation import apply_changes
+    from training.train import train
+
+    lm = make_tiny_causal_lm(tmp_path / "lm", chat_template=None)
+    tc = apply_changes(_cfg(trained_home, model="llm-zeroshot").train,
+                       {**PRESETS["paper"], "paper.min_user_plays": 200, "paper.min_track_plays": 3,
+                        "paper.min_sessions": 10, "zeroshot.backbone": str(lm)})
+    out = train(trained_home.model_copy(update={"train": tc}))
+    assert out.fit is None and out.trainable_params == 0 and out.model_version is None
+    assert out.test["n"] == out.info["test_examples"] > 0 and 0 <= out.test["recall@10"] <= 1
+    assert out.test_full == {}  # no retriever: it ranks candidates only
+    # Without candidates and without a retriever it refuses at once, saying what to use.
+    full = apply_changes(tc, {"eval.protocol": "full"})
+    with pytest.raises(ValueError, match="preset paper"):
+        train(trained_home.model_copy(update={"train": full}))

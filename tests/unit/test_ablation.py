@@ -73,3 +73,25 @@ def test_standard_table_prints_mean_std_and_the_published_rows_of_its_dataset() 
     assert "| sasrec | 3 | 0.0600 ± 0.0100 | 0.0600 ± 0.0100 |" in text  # over seeds: 0.05, 0.06, 0.07
     assert "| 0.0400 ± 0.0000 | 0.0400 ± 0.0000 | 10/10/10 (10/10/10) | 2.0 min |" in text
     assert "Published figures (not run here" in text and "| eSASRec (LiGR, sampled softmax) | — | 0.0928 |" in text
+
+
+def test_the_llm_zeroshot_row_joins_only_where_its_lm_is_named_and_it_can_rank() -> None:
+    from encore.core.config import PRESETS, TrainConfig
+    from training.ablation import LLM_ZEROSHOT, apply_changes
+
+    named = TrainConfig.model_validate({"zeroshot": {"backbone": "/models/lm"}})
+    assert LLM_ZEROSHOT not in variants(TrainConfig())  # no LM named
+    assert LLM_ZEROSHOT not in variants(named)  # full ranking and no retriever to re-rank
+    assert variants(apply_changes(named, PRESETS["paper"]))[-1] == LLM_ZEROSHOT
+    assert variants(apply_changes(named, {"zeroshot.retriever": "sasrec"}))[-1] == LLM_ZEROSHOT
+
+
+def test_a_figure_a_row_cannot_have_prints_as_a_dash_and_is_never_the_best() -> None:
+    runs = [{"variant": "LLM zero-shot", "seed": 0, "test": {"ndcg@10": 0.3}},
+            {"variant": "SASRec", "seed": 0, "test": {"ndcg@10": 0.1, "full ndcg@10": 0.05}}]
+    rows = summarize(runs, ["SASRec", "LLM zero-shot"], ["ndcg@10", "full ndcg@10"])
+    text = markdown(rows, ["ndcg@10", "full ndcg@10"], {"users": 2, "items": 9, "split": "paper"}, {},
+                    protocol="200 candidates per example")
+    assert "| LLM zero-shot | 1 | **0.3000 ± 0.0000** | — |" in text
+    assert "| SASRec | 1 | 0.1000 ± 0.0000 | **0.0500 ± 0.0000** |" in text
+    assert "paper split, 200 candidates per example" in text

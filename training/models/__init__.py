@@ -15,6 +15,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "gru4rec": ("training.models.gru4rec", "GRU4Rec"),
     "e4srec": ("training.models.e4srec", "E4SRec"),
     "content": ("training.models.content", "ContentBaseline"),
+    "llm-zeroshot": ("training.models.llm_zeroshot", "LLMZeroShot"),
 }
 ID_ENCODERS = ("sasrec", "bert4rec", "gru4rec")
 

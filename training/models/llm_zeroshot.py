@@ -310,6 +310,11 @@ class LLMZeroShot(SequenceModel):
     def retriever(self) -> SequenceModel | None:
         return self._retriever[0] if self._retriever else None
 
+    @property
+    def ranks_all_items(self) -> bool:
+        """Whether ``score`` (full ranking) works: only with a retriever to re-rank."""
+        return self.retriever is not None
+
     def score(self, items: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
         """Full ranking, items/completion [B, L] -> [B, n_items + 1], by re-ranking a retriever's top_k.
 
