@@ -74,3 +74,17 @@ def test_train_kbit_e4srec_without_cuda_exits_1_before_reading_any_data(tmp_path
     # Not the empty workspace's "no listens table": the refusal comes before the data is read.
     assert "train.e4srec.quantization: 4bit needs a CUDA GPU" in res.stderr
     assert "train.e4srec.quantization: none" in res.stderr and "no listens table" not in res.stderr
+
+
+def test_preset_paper_sets_the_protocol_and_options_given_beside_it_win() -> None:
+    from encore.cli import _train_changes
+
+    names = ("model", "modalities", "fusion", "backbone", "id_encoder", "zero_stage", "epochs", "id_epochs",
+             "max_len", "batch_size", "lr", "seed", "split", "min_item_plays")
+    none = dict.fromkeys(names)
+    changes = _train_changes(**{**none, "preset": "paper"})
+    assert changes["split"] == "paper" and changes["eval.protocol"] == "candidates"
+    assert changes["eval.num_candidates"] == 199
+    assert _train_changes(**{**none, "preset": "paper", "split": "time"})["split"] == "time"
+    assert "split" not in _train_changes(**none)  # no preset, nothing set
+
