@@ -284,10 +284,16 @@ def evaluate_ranks(
         generator = torch.Generator().manual_seed(seed)
 
     if settings.protocol == "candidates":
-        return _candidate_protocol_ranks(model, items, completion, targets, exclude, settings, batch_size, device,
-                                         seed, candidates)
+        if candidates is None:
+            candidates = draw_candidates(targets, int(model.n_items), settings.num_candidates, seed, exclude)
+        if candidates.shape[0] != N or not torch.equal(candidates[:, 0], targets.long()):
+            raise ValueError("candidate lists must hold one row per example with its target in column 0")
+        kept = targets_kept(targets, exclude)
+    else:
+        candidates = None  # only the candidates protocol ranks among given lists
+    own = getattr(model, "score_candidates", None) if candidates is not None else None
     n_items = getattr(model, "n_items", None)
-    if n_items is not None:
+    if n_items is not None and own is None:
         # Peak memory per batch: [rows, n+1] scores plus masks, bounded whatever the catalogue.
         batch_size = rows_per_forward(int(n_items), cap=batch_size)
     # Full ranking scores histories shortest first, so that each batch is trimmed to its longest
@@ -302,6 +308,12 @@ def evaluate_ranks(
             for start in range(0, N, batch_size):
                 idx = order[start:start + batch_size]
                 x, c = trim_padding(items[idx], completion[idx])
+                if candidates is not None:
+                    cand = candidates[idx]  # [B, C]
+                    scores = (own(x.to(device), c.to(device), cand.to(device)) if own is not None  # [B, C]
+                              else model.score(x.to(device), c.to(device)).gather(1, cand.to(device)))
+                    ranks.append(candidate_ranks(scores, cand, kept[idx]))
+                    continue
                 scores = model.score(x.to(device), c.to(device))  # [B, n+1]
                 rows = exclude[idx.numpy()] if exclude is not None else None
                 if generator is None:
@@ -314,42 +326,6 @@ def evaluate_ranks(
         return torch.zeros(0, dtype=torch.long)
     out = torch.empty(N, dtype=torch.long)
     out[order] = torch.cat(ranks)
-    return out
-
-
-def _candidate_protocol_ranks(model: SequenceModel, items: torch.Tensor, completion: torch.Tensor,
-                              targets: torch.Tensor, exclude: sparse.csr_matrix | None, settings: EvalSettings,
-                              batch_size: int, device: str, seed: int, candidates: torch.Tensor | None
-                              ) -> torch.Tensor:
-    N = items.shape[0]
-    n_items = int(model.n_items)
-    if candidates is None:
-        candidates = draw_candidates(targets, n_items, settings.num_candidates, seed, exclude)
-    if candidates.shape[0] != N or not torch.equal(candidates[:, 0], targets.long()):
-        raise ValueError("candidate lists must hold one row per example with its target in column 0")
-    kept = targets_kept(targets, exclude)
-    own = getattr(model, "score_candidates", None)
-    batch_size = batch_size if own is not None else rows_per_forward(n_items, cap=batch_size)
-    order = _by_length(items)
-    was_training = model.training
-    model.eval()
-    ranks: list[torch.Tensor] = []
-    try:
-        with torch.no_grad():
-            for start in range(0, N, batch_size):
-                idx = order[start:start + batch_size]
-                x, c = trim_padding(items[idx], completion[idx])
-                cand = candidates[idx]  # [B, C]
-                if own is not None:
-                    scores = own(x.to(device), c.to(device), cand.to(device))  # [B, C]
-                else:
-                    scores = model.score(x.to(device), c.to(device)).gather(1, cand.to(device))  # [B, C]
-                ranks.append(candidate_ranks(scores, cand, kept[idx]))
-    finally:
-        model.train(was_training)
-    out = torch.empty(N, dtype=torch.long)
-    if ranks:
-        out[order] = torch.cat(ranks)
     return out
 
 
