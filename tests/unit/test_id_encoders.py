@@ -82,6 +82,21 @@ def record_encoder_inputs(model: IdEncoder, seen: dict[str, torch.Tensor], monke
     monkeypatch.setattr(model, "encode", spy)
 
 
+def bert4rec_loss_inputs(model: IdEncoder, batch: dict[str, torch.Tensor],
+                         monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token ids BERT4Rec's loss encoded and the targets it scored, for one ``batch``."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def spy(hidden: torch.Tensor, targets: torch.Tensor, *args: object) -> torch.Tensor:
+        seen["targets"] = targets
+        return sequence_loss(hidden, targets, *args)
+
+    monkeypatch.setattr(bert4rec_module, "sequence_loss", spy)
+    record_encoder_inputs(model, seen, monkeypatch)
+    model.loss(batch)
+    return seen["inputs"], seen["targets"]
+
+
 # -- causality and padding --
 
 
@@ -143,17 +158,8 @@ def test_cloze_mask_hides_about_mask_prob_of_items_never_padding_and_at_least_on
 def test_bert4rec_loss_covers_exactly_the_masked_positions(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     model = small(BERT4Rec)
-    seen = {}
-
-    def spy(hidden: torch.Tensor, targets: torch.Tensor, *args: object) -> torch.Tensor:
-        seen["targets"] = targets
-        return sequence_loss(hidden, targets, *args)
-
-    monkeypatch.setattr(bert4rec_module, "sequence_loss", spy)
-    record_encoder_inputs(model, seen, monkeypatch)
     batch = cycle_batch(32)
-    model.loss(batch)
-    inputs, targets = seen["inputs"], seen["targets"]
+    inputs, targets = bert4rec_loss_inputs(model, batch, monkeypatch)
     is_mask = inputs == model.mask_token
     assert inputs.shape == batch["items"].shape  # the whole window, not items[:, :-1]
     assert torch.equal(targets != 0, is_mask)
@@ -167,17 +173,8 @@ def test_bert4rec_mask_last_repeats_rows_with_only_the_newest_item_masked(
     # The paper's extra samples: the inference task ([MASK] in the newest place) trains directly.
     torch.manual_seed(0)
     model = small(BERT4Rec, mask_last=share)
-    seen: dict[str, torch.Tensor] = {}
-
-    def spy(hidden: torch.Tensor, targets: torch.Tensor, *args: object) -> torch.Tensor:
-        seen["targets"] = targets
-        return sequence_loss(hidden, targets, *args)
-
-    monkeypatch.setattr(bert4rec_module, "sequence_loss", spy)
-    record_encoder_inputs(model, seen, monkeypatch)
     batch = cycle_batch(32)
-    model.loss(batch)
-    inputs, targets = seen["inputs"], seen["targets"]
+    inputs, targets = bert4rec_loss_inputs(model, batch, monkeypatch)
     extra = round(share * 32)
     assert inputs.shape == (32 + extra, L + 1)
     rows, row_targets = inputs[32:], targets[32:]
