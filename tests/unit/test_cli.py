@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from encore.cli import cli
 
 COMMANDS = [[], ["config"], ["config", "show"], ["sample-data"], ["ingest"], ["features"], ["annotate"], ["embed"],
-            ["feast"], ["materialize"], ["summary"]]
+            ["feast"], ["materialize"], ["summary"], ["export"]]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "encore")
@@ -74,3 +74,11 @@ def test_train_kbit_e4srec_without_cuda_exits_1_before_reading_any_data(tmp_path
     # Not the empty workspace's "no listens table": the refusal comes before the data is read.
     assert "train.e4srec.quantization: 4bit needs a CUDA GPU" in res.stderr
     assert "train.e4srec.quantization: none" in res.stderr and "no listens table" not in res.stderr
+
+
+def test_export_without_a_lake_says_what_to_run_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path / "ws"), "export", "--out", str(out)],
+                             env={"ENCORE_CONFIG": None})
+    assert res.exit_code == 1 and "encore ingest" in res.output, res.output
+    assert not out.exists()
