@@ -517,10 +517,12 @@ def _train_options(f: Any) -> Any:
     return f
 
 
-def _train_changes(model: str | None, modalities: str | None, fusion: str | None, backbone: Path | None,
-                   id_encoder: str | None, zero_stage: int | None, epochs: int | None, id_epochs: int | None,
-                   max_len: int | None, batch_size: int | None, lr: float | None, seed: int | None,
-                   split: str | None, min_item_plays: int | None, loss: str | None = None, head: str | None = None,
+def _train_changes(model: str | None = None, modalities: str | None = None, fusion: str | None = None,
+                   backbone: Path | None = None, id_encoder: str | None = None, zero_stage: int | None = None,
+                   epochs: int | None = None, id_epochs: int | None = None, max_len: int | None = None,
+                   batch_size: int | None = None, lr: float | None = None, seed: int | None = None,
+                   split: str | None = None, min_item_plays: int | None = None, loss: str | None = None,
+                   head: str | None = None,
                    negatives: int | None = None, sampler: str | None = None,
                    windows_per_epoch: int | None = None, group_by_length: bool | None = None,
                    preset: str | None = None, quantization: str | None = None) -> dict[str, Any]:
@@ -598,6 +600,63 @@ def train(ctx: click.Context, no_register: bool, as_json: bool, **opts: Any) -> 
     click.echo(f"MLflow run {out.run_id}")
     if out.model_version:
         click.echo(f"registered {cfg.mlflow.model_name} version {out.model_version} as @challenger")
+
+
+@cli.command("export")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write: new, empty, or a previous export (replaced whole, atomically).")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)),
+              help="A whole data protocol in one switch, as for `encore train`; options given beside it win. "
+                   "paper: the paper's filters, sessions, global time split and 200 candidates.")
+@click.option("--split", type=click.Choice(["loo", "time", "paper"]),
+              help="Leave-one-out (default), a global time split, or the paper's protocol.")
+@click.option("--min-item-plays", type=click.IntRange(min=1), help="Vocabulary: tracks with this many plays.")
+@click.option("--max-len", type=click.IntRange(min=2),
+              help="History items a model reads: the window masked when candidates are drawn (default 50).")
+@click.option("--seed", type=int, help="Seed of the candidate lists (and of the paper's validation users).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def export_cmd(ctx: click.Context, out: Path, as_json: bool, **opts: Any) -> None:
+    """Write the workspace's multimodal benchmark as plain files, for training elsewhere.
+
+    \b
+    The data is read as `encore train` reads it (same vocabulary, filters and split). Files:
+      sequences.txt          u i1 i2 ...  every kept listen, time order (E4SRec/S3-Rec format)
+      completion.txt         u c1 c2 ...  completion per listen (%.4f, nan = unknown)
+      timestamps.txt         u t1 t2 ...  epoch seconds per listen
+      users.tsv, items.tsv   index -> user_id; index -> track_id, artist, title
+      train.txt              what models train on under the split
+      valid.tsv, test.tsv    user, target, timestamp, history_items (a prefix of the user's line)
+      candidates_test.tsv    the 200-candidate lists (target first), in item indices
+      content/*.npy          lyrics, audio, meta vectors [n+1, d] and their presence masks
+      genes.csv              the 58 MGPHot genes per item
+      datasheet.md           counts, filters, sources, encoders and versions, missing shares, licence
+      SHA256SUMS             sha256 of every file
+    The same workspace and options give the same bytes. `encore bench standard --data
+    OUT/sequences.txt` trains on the export (leave-one-out) with what training on the lake gives.
+
+    \b
+    Examples:
+      encore export --out bench-export
+      encore export --out paper-export --preset paper
+    """
+    from training.data import DataError
+    from training.export import ExportError, export
+
+    cfg = _with_train(_config(ctx), **_train_changes(**opts))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Feast prints; stdout is for the result (--json)
+            summary = export(cfg, out)
+    except (DataError, ExportError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({**asdict(summary), "out": str(summary.out)}, indent=2))
+        return
+    click.echo(f"exported {summary.users:,} users, {summary.items:,} items, {summary.listens:,} listens "
+               f"({cfg.train.split} split: {summary.valid_examples:,} validation, {summary.test_examples:,} test "
+               f"examples, {summary.candidates + 1} candidates each) to {summary.out}")
+    click.echo(f"content: {', '.join(summary.modalities) or 'none'}; {len(summary.files)} files; "
+               f"see {summary.out / 'datasheet.md'}")
 
 
 # --------------------------------------------------------------------------- registry

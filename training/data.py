@@ -93,6 +93,9 @@ class EvalSet:
     # window, not the whole past: it is what nightly scoring has (Feast's 50 recent tracks), and a
     # listener's whole past covers most of a small catalog (80% of the demo's test targets).
     history: Any
+    # [N] items before each target in its user's full sequence (``Dataset.sequences``), i.e. the
+    # target's position there: the whole history is ``items[:pos]``, the target ``items[pos]``.
+    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.users)
@@ -105,6 +108,9 @@ class Dataset:
     valid: EvalSet
     test: EvalSet
     info: dict[str, Any] = field(default_factory=dict)  # counts and ranges, logged with the run
+    # Every user's whole time-ordered sequence the split was cut from (``split`` sets it): what
+    # ``training.export`` writes, with each example's position in it (``EvalSet.positions``).
+    sequences: Sequences | None = None
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -191,6 +197,7 @@ def split(seqs: Sequences, vocab: Vocab, tc: TrainConfig) -> Dataset:
         ds = time_split(seqs, vocab, tc.max_len, tc.time_quantile)
     else:
         ds = paper_split(seqs, vocab, tc.max_len, tc.paper.test_quantile, tc.paper.valid_user_share, tc.seed)
+    ds.sequences = seqs
     all_ts = np.concatenate([t for t in seqs.ts if len(t)]) if seqs.n_events() else np.zeros(1, np.int64)
     ds.info.update({"split": tc.split, "users": len(seqs), "items": len(vocab), "events": seqs.n_events(),
                     "train_events": ds.train.n_events(), "valid_examples": len(ds.valid),
@@ -294,7 +301,8 @@ def eval_set(rows: list[tuple[str, np.ndarray, np.ndarray, int, int]], n_items: 
     return EvalSet(users=[r[0] for r in rows], items=torch.from_numpy(items), completion=torch.from_numpy(comp),
                    targets=torch.tensor([r[3] for r in rows], dtype=torch.long),
                    timestamps=np.array([r[4] for r in rows], dtype=np.int64),
-                   history=history_matrix([r[1][-max_len:] for r in rows], n_items))
+                   history=history_matrix([r[1][-max_len:] for r in rows], n_items),
+                   positions=np.array([len(r[1]) for r in rows], dtype=np.int64))
 
 
 # -- training windows -----------------------------------------------------------------------------
@@ -373,20 +381,30 @@ def content_from_frame(vocab: Vocab, frame: pd.DataFrame, modalities: list[str] 
     return table
 
 
-def content_table(cfg: EncoreConfig, vocab: Vocab, modalities: list[str] | tuple[str, ...]) -> ContentTable:
-    """The vocabulary's content embeddings from Feast's ``track_content`` service (offline store)."""
+def content_frame(cfg: EncoreConfig, vocab: Vocab, modalities: list[str] | tuple[str, ...],
+                  genes: bool = False) -> pd.DataFrame:
+    """The vocabulary's rows of Feast's ``track_content`` service (offline store), in vocabulary
+    order: ``track_id``, one list-valued column per modality (None where missing) and, with
+    ``genes``, the 58 MGPHot genes (``encore.core.schemas.GENES`` order, None where unknown)."""
     from feature_repo.store import training_examples
 
-    wanted = [m for m in modalities if m in CONTENT_FEATURES]
-    if not wanted:
-        return ContentTable()
     entity = pd.DataFrame({"track_id": vocab.track_ids,
                            "event_timestamp": pd.Timestamp.now(tz="UTC")})
     df = training_examples(cfg, entity, service="track_content", key="track_id")
     frame = pd.DataFrame({"track_id": df["track_id"]})
-    for m in wanted:
+    for m in modalities:
         frame[m] = df[f"track_content__{CONTENT_FEATURES[m]}"]
-    table = content_from_frame(vocab, frame, wanted)
+    if genes:
+        frame["genes"] = df["track_content__genes"]
+    return frame
+
+
+def content_table(cfg: EncoreConfig, vocab: Vocab, modalities: list[str] | tuple[str, ...]) -> ContentTable:
+    """The vocabulary's content embeddings from Feast's ``track_content`` service (offline store)."""
+    wanted = [m for m in modalities if m in CONTENT_FEATURES]
+    if not wanted:
+        return ContentTable()
+    table = content_from_frame(vocab, content_frame(cfg, vocab, wanted), wanted)
     for m in wanted:
         share = float(table.present[m][1:].float().mean()) if m in table.present else 0.0
         log.info("content %s: %.1f%% of %d vocabulary tracks have an embedding", m, 100 * share, len(vocab))
@@ -402,20 +420,26 @@ def user_context(cfg: EncoreConfig, evalset: EvalSet) -> pd.DataFrame:
     return training_examples(cfg, entity, service="training")
 
 
+def track_names(cfg: EncoreConfig) -> dict[str, tuple[str, str]]:
+    """``track_id -> (artist, title)`` from the bronze tracks table ({} before a catalog is ingested);
+    a null name is ""."""
+    import pyarrow.dataset as pads
+
+    folder = Workspace.at(cfg.home).tracks
+    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+        return {}
+    t = pads.dataset(folder, format="parquet").to_table(columns=["track_id", "artist_name", "track_name"])
+    return {tid: (a or "", n or "") for tid, a, n in zip(*(t.column(c).to_pylist() for c in t.column_names),
+                                                         strict=True)}
+
+
 def item_texts(cfg: EncoreConfig, vocab: Vocab) -> list[str]:
     """Each item's "artist – title" from the bronze tracks table, the zero-shot ranker's words:
     [n_items + 1], index 0 (padding) empty. A track the table lacks keeps its id as its title
     (counted in the log): it still gets a score, from less text."""
-    import pyarrow.dataset as pads
-
     from training.models.llm_zeroshot import item_text
 
-    folder = Workspace.at(cfg.home).tracks
-    names: dict[str, tuple[str, str]] = {}
-    if folder.is_dir() and any(folder.glob("*.parquet")):
-        t = pads.dataset(folder, format="parquet").to_table(columns=["track_id", "artist_name", "track_name"])
-        names = {tid: (a or "", n or "") for tid, a, n in zip(*(t.column(c).to_pylist() for c in t.column_names),
-                                                               strict=True)}
+    names = track_names(cfg)
     missing = sum(1 for tid in vocab.track_ids if tid not in names)
     if missing:
         log.warning("item texts: %d of %d tracks have no name in the tracks table; their id stands in",

@@ -73,9 +73,13 @@ def test_candidates(data: Dataset, tc: Any) -> torch.Tensor | None:
     return draw_candidates(data.test.targets, len(data.vocab), tc.eval.num_candidates, tc.seed, exclude)
 
 
-def write_candidates(path: Path, users: list[str], candidates: torch.Tensor, track_ids: list[str]) -> None:
-    """One line per test example: user, target track, then the negatives' tracks, tab-separated."""
-    lines = ["user_id\ttarget\tnegatives"]
+def write_candidates(path: Path, users: list[str], candidates: torch.Tensor, track_ids: list[str],
+                     user_column: str = "user_id") -> None:
+    """One line per test example: user, target track, then the negatives' tracks, tab-separated.
+
+    ``track_ids[i - 1]`` names item i; ``training.export`` passes the indices themselves as names
+    (and ``user_column="user"``: its users are indices too)."""
+    lines = [f"{user_column}\ttarget\tnegatives"]
     for user, row in zip(users, candidates.tolist(), strict=True):
         names = [track_ids[i - 1] for i in row if i > 0]
         lines.append(f"{user}\t{names[0]}\t{' '.join(names[1:])}")

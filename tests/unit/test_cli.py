@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from encore.cli import cli
 
 COMMANDS = [[], ["config"], ["config", "show"], ["sample-data"], ["ingest"], ["features"], ["annotate"], ["embed"],
-            ["feast"], ["materialize"], ["summary"]]
+            ["feast"], ["materialize"], ["summary"], ["export"]]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "encore")
@@ -88,3 +88,10 @@ def test_preset_paper_sets_the_protocol_and_options_given_beside_it_win() -> Non
     assert _train_changes(**{**none, "preset": "paper", "split": "time"})["split"] == "time"
     assert "split" not in _train_changes(**none)  # no preset, nothing set
 
+
+def test_export_without_a_lake_says_what_to_run_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(cli, ["--home", str(tmp_path / "ws"), "export", "--out", str(out)],
+                             env={"ENCORE_CONFIG": None})
+    assert res.exit_code == 1 and "encore ingest" in res.output, res.output
+    assert not out.exists()
