@@ -51,11 +51,12 @@ import pyarrow.parquet as pq
 import requests
 
 from encore.core import atomic, faults
+from encore.core import lake as lk
 from encore.core.config import AnnotateConfig, ConfigError, EncoreConfig
 from encore.core.ray_session import get_ray, gpus_per_actor
 from encore.core.schemas import ANNOTATION_REASONS, GENE_SCALE, GENES
 from encore.core.workspace import Workspace
-from jobs.lake import newest_per_key, read_tracks
+from jobs.lake import newest_per_key
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +442,7 @@ def _keyed_ids(root: Path, version: str, model: str) -> set[str]:
 
 def _read_catalog(ws: Workspace) -> pa.Table:
     cols = [*_SEND_COLUMNS, "genes"]
-    t = read_tracks(ws, cols)  # sorted by track: `limit` takes the same tracks on every run
+    t = lk.read_tracks(ws.tracks, cols)  # sorted by track: `limit` takes the same tracks on every run
     if t is None:
         log.warning("annotate: no bronze tracks under %s; run ingest with a catalog first", ws.tracks)
         return pa.table({c: pa.array([], pa.list_(pa.float32()) if c == "genes" else pa.string()) for c in cols})

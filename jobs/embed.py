@@ -47,12 +47,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from encore.core import atomic, faults
+from encore.core import lake as lk
 from encore.core.config import EncoreConfig
 from encore.core.progress import Progress
 from encore.core.schemas import CONTENT_VALID_FROM, ENCODER_ERROR, ENCODERS, TRACK_CONTENT_TABLE
 from encore.core.workspace import Workspace
 from jobs.encoders import EncoderSpec, build_encoders, encoder_specs
-from jobs.lake import newest_per_key, read_tracks
+from jobs.lake import newest_per_key
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def read_catalog(cfg: EncoreConfig) -> pa.Table:
     from jobs.annotate import current_annotations
 
     ws = Workspace.at(cfg.home)
-    cat = read_tracks(ws, ["track_id", "artist_name", "track_name", "lyrics", "audio_path", "genes"])
+    cat = lk.read_tracks(ws.tracks, ["track_id", "artist_name", "track_name", "lyrics", "audio_path", "genes"])
     if cat is None:
         raise EmbedError(f"no track catalog under {ws.tracks}: run `encore ingest --catalog ...` first")
     llm = current_annotations(cfg)

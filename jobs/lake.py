@@ -203,14 +203,6 @@ def stage_periods(df: DataFrame, table: Path, ws: Workspace, run_id: str, granul
     return StagedTable(atomic.repoint_of(table, target, staged=snap), rows, nulls, len(staged), removed, per_day)
 
 
-def read_tracks(ws: Workspace, columns: Sequence[str]) -> pa.Table | None:
-    """Bronze tracks (``columns``) sorted by track_id - a stable order for every consumer - or None
-    when no catalog has been ingested."""
-    if not ws.tracks.is_dir() or not any(ws.tracks.glob("*.parquet")):
-        return None
-    return ds.dataset(ws.tracks, format="parquet").to_table(columns=list(columns)).sort_by("track_id")
-
-
 def newest_per_key(table: pa.Table, key: str, newest_first: Sequence[str]) -> pa.Table:
     """One row per ``key`` value: the first when rows are ordered by ``newest_first`` descending."""
     if table.num_rows == 0:

@@ -423,12 +423,9 @@ def user_context(cfg: EncoreConfig, evalset: EvalSet) -> pd.DataFrame:
 def track_names(cfg: EncoreConfig) -> dict[str, tuple[str, str]]:
     """``track_id -> (artist, title)`` from the bronze tracks table ({} before a catalog is ingested);
     a null name is ""."""
-    import pyarrow.dataset as pads
-
-    folder = Workspace.at(cfg.home).tracks
-    if not folder.is_dir() or not any(folder.glob("*.parquet")):
+    t = lake.read_tracks(Workspace.at(cfg.home).tracks, ["track_id", "artist_name", "track_name"])
+    if t is None:
         return {}
-    t = pads.dataset(folder, format="parquet").to_table(columns=["track_id", "artist_name", "track_name"])
     return {tid: (a or "", n or "") for tid, a, n in zip(*(t.column(c).to_pylist() for c in t.column_names),
                                                          strict=True)}
 

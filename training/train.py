@@ -27,7 +27,7 @@ import torch
 import yaml
 
 import mlflow
-from encore.core.config import EncoreConfig
+from encore.core.config import EncoreConfig, TrainConfig
 from encore.core.workspace import Workspace
 from training import tracking
 from training.data import DataError, Dataset, content_table, load_lake, training_plays, user_context
@@ -64,7 +64,7 @@ class TrainOutcome:
     test_full: dict[str, float] = field(default_factory=dict)
 
 
-def test_candidates(data: Dataset, tc: Any) -> torch.Tensor | None:
+def test_candidates(data: Dataset, tc: TrainConfig) -> torch.Tensor | None:
     """The test examples' candidate lists [N, 1 + num_candidates] under the candidates protocol
     (target first; seeded by train.seed, so every model of a table sees the same lists); else None."""
     if tc.eval.protocol != "candidates":
@@ -86,7 +86,7 @@ def write_candidates(path: Path, users: list[str], candidates: torch.Tensor, tra
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def full_ranking_beside(model: SequenceModel, data: Dataset, tc: Any, device: str) -> dict[str, float]:
+def full_ranking_beside(model: SequenceModel, data: Dataset, tc: TrainConfig, device: str) -> dict[str, float]:
     """Full-ranking test metrics where the run's protocol samples candidates: sampled metrics can
     reorder models, so both are reported. {} under full ranking, or for a model that only ranks
     candidates (the LLM zero-shot ranker without a retriever)."""
@@ -375,7 +375,7 @@ def train(cfg: EncoreConfig, data: Dataset | None = None, content: ContentTable 
             test["sampled_candidates"] = float(tc.eval.num_candidates)
         test_full = full_ranking_beside(model, data, tc, str(device))
         valid = result.best_valid if result else {}
-        baseline = popularity_metrics(data, data.test, tc.eval, tc.eval.ks, seed=tc.seed)
+        baseline = popularity_metrics(data, data.test, tc.eval, tc.eval.ks, seed=tc.seed, candidates=candidates)
         tracking.log_metrics("test_", test)
         tracking.log_metrics("test_full_", test_full)
         tracking.log_metrics("popularity_test_", baseline)

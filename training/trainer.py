@@ -210,17 +210,19 @@ def _plain_copy(engine: Any) -> SequenceModel:
 
 
 def popularity_metrics(data: Dataset, evalset: EvalSet, settings: EvalSettings, ks: list[int],
-                       seed: int = 0) -> dict[str, float]:
+                       seed: int = 0, candidates: torch.Tensor | None = None) -> dict[str, float]:
     """The popularity ranking (training plays) on ``evalset``, ranked and masked as the model's
     ranking is: what every model must beat. Under the candidates protocol it ranks the same
-    lists (``draw_candidates`` with the run's ``seed``). {} under the sampled protocol, whose
-    candidates are the model's own draws, or for an empty set."""
+    lists: ``candidates`` where the caller drew them, else ``draw_candidates`` with the run's
+    ``seed``. {} under the sampled protocol, whose candidates are the model's own draws, or for
+    an empty set."""
     if settings.protocol == "sampled" or len(evalset.targets) == 0:
         return {}
     exclude = evalset.history if settings.mask_history else None
     plays = training_plays(data)
     if settings.protocol == "candidates":
-        cands = draw_candidates(evalset.targets, len(data.vocab), settings.num_candidates, seed, exclude)
+        cands = candidates if candidates is not None else draw_candidates(
+            evalset.targets, len(data.vocab), settings.num_candidates, seed, exclude)
         scores = torch.from_numpy(plays[cands.numpy()]).float()  # [N, C]
         return metrics_from_ranks(candidate_ranks(scores, cands, targets_kept(evalset.targets, exclude)), ks)
     return metrics_from_ranks(popularity_ranks(plays, evalset.targets, exclude), ks)

@@ -27,10 +27,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FORMAT = 2  # 1: one date=YYYY-MM-DD folder per day, swapped one by one
 GRANULARITIES = ("month", "quarter", "year")
@@ -38,6 +42,16 @@ PARTITION_KEY = "period"
 MANIFEST = "_manifest.json"
 SNAPSHOTS = "_snapshots"  # under lake/: Spark, DuckDB and pyarrow skip names starting with "_"
 LEGACY = "_legacy"  # under lake/: format-1 tables while `encore lake migrate` rewrites them
+
+
+def read_tracks(tracks: Path, columns: Sequence[str]) -> pa.Table | None:
+    """The bronze tracks table at ``tracks`` (``Workspace.tracks``), ``columns`` only, sorted by
+    track_id - a stable order for every consumer - or None when no catalog has been ingested."""
+    import pyarrow.dataset as pads
+
+    if not tracks.is_dir() or not any(tracks.glob("*.parquet")):
+        return None
+    return pads.dataset(tracks, format="parquet").to_table(columns=list(columns)).sort_by("track_id")
 
 
 class LakeLayoutError(RuntimeError):
