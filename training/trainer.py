@@ -117,11 +117,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Set to the pid of the process that filled in the single-process env below. A launcher (deepspeed,
+# torchrun) never sets it, so its RANK/MASTER_PORT are left alone.
+SELF_SET_ENV = "ENCORE_DIST_ENV_PID"
+
+
 def single_process_env() -> None:
-    """The distributed env DeepSpeed wants when it was not started by its launcher (STACK-NOTES)."""
+    """The distributed env DeepSpeed wants when it was not started by its launcher (STACK-NOTES).
+
+    A process that trained in-process holds a torch.distributed store on its MASTER_PORT, and the
+    children it starts inherit its environment. A child that kept that port would fail with
+    EADDRINUSE, so an env filled in by another process (SELF_SET_ENV names another pid) gets a free
+    port of its own.
+    """
+    owner = os.environ.get(SELF_SET_ENV)
+    if owner is None and "RANK" in os.environ:
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+        return  # started by a launcher: its env is the truth
     for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(k, v)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if owner is None:  # first call here; a MASTER_PORT the operator exported is kept
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    elif owner != str(os.getpid()):  # inherited from the process that set it, which may hold the port
+        os.environ["MASTER_PORT"] = str(_free_port())
+    os.environ[SELF_SET_ENV] = str(os.getpid())
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 
