@@ -160,6 +160,8 @@ def windows_for(model: SequenceModel, data: Dataset, tc: TrainConfig, epoch: int
     """An epoch's training windows: every window, or sampled prefixes for E4SRec's last-token readout."""
     if getattr(model, "readout", None) == "last":
         return prefix_samples(data.train, tc.max_len, tc.e4srec.examples_per_user, seed=tc.seed * 100_003 + epoch)
+    if getattr(model, "kind", None) == "bert4rec" and getattr(model, "crops", 0) > 0:
+        return prefix_samples(data.train, tc.max_len, model.crops, seed=tc.seed * 100_003 + epoch)
     return seq2seq_windows(data.train, tc.max_len)
 
 

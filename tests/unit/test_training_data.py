@@ -175,3 +175,28 @@ def test_grouped_batches_hold_alike_lengths_in_a_shuffled_order() -> None:
     # Not sorted over the whole epoch: short and long batches alternate.
     maxima = [int(lengths[b].max()) for b in grouped]
     assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
+
+
+@pytest.mark.parametrize("kind", ["bert4rec", "sasrec"])
+def test_bert4rec_crops_draw_random_windows_each_epoch_and_other_models_keep_the_fixed_ones(kind: str) -> None:
+    from types import SimpleNamespace
+
+    from training.models import build_id_encoder
+    from training.trainer import windows_for
+
+    data = SimpleNamespace(train=seqs(list(range(1, 40)), list(range(40, 70))))
+    tc = TrainConfig(max_len=5)
+    fixed, _ = seq2seq_windows(data.train, 5)
+    plain = build_id_encoder(kind, 80, 5, tc.id.model_dump(exclude={"epochs"}))
+    assert torch.equal(windows_for(plain, data, tc, epoch=0)[0], fixed)
+
+    cropped = build_id_encoder(kind, 80, 5, {**tc.id.model_dump(exclude={"epochs"}), "crops": 8})
+    first, second = (windows_for(cropped, data, tc, epoch=e)[0] for e in (0, 1))
+    if kind == "sasrec":  # crops are BERT4Rec's alone
+        assert torch.equal(first, fixed) and torch.equal(second, fixed)
+        return
+    assert first.shape == (16, 6) and not torch.equal(first, second)
+    assert torch.equal(first, windows_for(cropped, data, tc, epoch=0)[0])  # the seed and epoch fix the draw
+    # Windows end at random points, not only at each sequence's newest item as the fixed ones do.
+    newest = {w[-1].item() for w in first}
+    assert newest - {39, 69}

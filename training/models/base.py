@@ -103,7 +103,7 @@ class IdEncoder(SequenceModel):
     def __init__(self, n_items: int, max_len: int = 50, hidden: int = 64, layers: int = 2, heads: int = 2,
                  inner: int = 256, dropout: float = 0.2, mask_prob: float = 0.2, loss: str = "ce",
                  num_negatives: int = 1, sampled: dict[str, Any] | None = None, block: str = "pre-ln",
-                 mask_last: float = 0.0) -> None:
+                 mask_last: float = 0.0, crops: int = 0) -> None:
         super().__init__(n_items)
         from training.models.losses import SampledSpec, check_loss, resolve_loss
 
@@ -111,6 +111,7 @@ class IdEncoder(SequenceModel):
         self.max_len, self.hidden, self.layers, self.heads, self.inner = max_len, hidden, layers, heads, inner
         self.dropout_p, self.mask_prob, self.num_negatives = dropout, mask_prob, num_negatives
         self.mask_last = mask_last  # BERT4Rec's extra last-item rows; the other encoders ignore it
+        self.crops = crops  # BERT4Rec's random windows per user per epoch (trainer.windows_for)
         self.loss_setting = loss  # as configured ("auto" included), for config()
         self.loss_type = resolve_loss(loss, n_items)  # what trains: ce, sampled or bce
         self.sampled_settings = dict(sampled or {})
@@ -123,7 +124,8 @@ class IdEncoder(SequenceModel):
         return {"n_items": self.n_items, "max_len": self.max_len, "hidden": self.hidden, "layers": self.layers,
                 "heads": self.heads, "inner": self.inner, "dropout": self.dropout_p, "mask_prob": self.mask_prob,
                 "loss": self.loss_setting, "num_negatives": self.num_negatives, "sampled": self.sampled_settings,
-                "block": self.block, "mask_last": self.mask_last}
+                "block": self.block, "mask_last": self.mask_last,
+                "crops": self.crops}
 
     def loss_args(self) -> tuple[str, int, Any, torch.Tensor | None]:
         """The trailing arguments of ``losses.sequence_loss`` for this model's loss setting."""
