@@ -130,9 +130,9 @@ def single_process_env() -> None:
     EADDRINUSE, so an env filled in by another process (SELF_SET_ENV names another pid) gets a free
     port of its own.
     """
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     owner = os.environ.get(SELF_SET_ENV)
     if owner is None and "RANK" in os.environ:
-        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
         return  # started by a launcher: its env is the truth
     for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(k, v)
@@ -141,7 +141,6 @@ def single_process_env() -> None:
     elif owner != str(os.getpid()):  # inherited from the process that set it, which may hold the port
         os.environ["MASTER_PORT"] = str(_free_port())
     os.environ[SELF_SET_ENV] = str(os.getpid())
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def deepspeed_config(tc: TrainConfig, gpu: bool, world_size: int = 1) -> dict[str, Any]:
@@ -157,11 +156,13 @@ def deepspeed_config(tc: TrainConfig, gpu: bool, world_size: int = 1) -> dict[st
 
 
 def windows_for(model: SequenceModel, data: Dataset, tc: TrainConfig, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """An epoch's training windows: every window, or sampled prefixes for E4SRec's last-token readout."""
+    """An epoch's training windows: every window, or sampled prefixes (E4SRec's last-token readout,
+    BERT4Rec's crops)."""
+    seed = tc.seed * 100_003 + epoch  # a new draw each epoch, the same for a rerun
     if getattr(model, "readout", None) == "last":
-        return prefix_samples(data.train, tc.max_len, tc.e4srec.examples_per_user, seed=tc.seed * 100_003 + epoch)
+        return prefix_samples(data.train, tc.max_len, tc.e4srec.examples_per_user, seed=seed)
     if getattr(model, "kind", None) == "bert4rec" and getattr(model, "crops", 0) > 0:
-        return prefix_samples(data.train, tc.max_len, model.crops, seed=tc.seed * 100_003 + epoch)
+        return prefix_samples(data.train, tc.max_len, model.crops, seed=seed)
     return seq2seq_windows(data.train, tc.max_len)
 
 

@@ -66,10 +66,9 @@ def test_a_backfill_killed_while_reloading_the_online_store_reruns_to_the_uninte
 def test_a_training_run_killed_after_an_epoch_resumes_its_checkpoint_and_registers_one_challenger(
         featured_home: EncoreConfig, tmp_path: Path) -> None:
     cfg = copy_home(featured_home, tmp_path / "home")
-    # This pytest process may hold a torch.distributed store on MASTER_PORT (the DeepSpeed tests):
-    # the child picks its own free port, as a fresh `encore train` does.
-    env = {k: v for k, v in encore_env().items()
-           if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}}
+    # This pytest process may hold a torch.distributed store on MASTER_PORT (the DeepSpeed tests); the
+    # child inherits that env and picks its own free port (trainer.single_process_env).
+    env = encore_env()
     args = ["--home", str(cfg.home), "train", "--model", "gru4rec", "--epochs", "3", "--json"]
     run_and_kill_at(args, env, "train.epoch_saved")
     run_dirs = list((cfg.home / "outputs" / "train").glob("gru4rec-*"))

@@ -124,8 +124,7 @@ class IdEncoder(SequenceModel):
         return {"n_items": self.n_items, "max_len": self.max_len, "hidden": self.hidden, "layers": self.layers,
                 "heads": self.heads, "inner": self.inner, "dropout": self.dropout_p, "mask_prob": self.mask_prob,
                 "loss": self.loss_setting, "num_negatives": self.num_negatives, "sampled": self.sampled_settings,
-                "block": self.block, "mask_last": self.mask_last,
-                "crops": self.crops}
+                "block": self.block, "mask_last": self.mask_last, "crops": self.crops}
 
     def loss_args(self) -> tuple[str, int, Any, torch.Tensor | None]:
         """The trailing arguments of ``losses.sequence_loss`` for this model's loss setting."""
